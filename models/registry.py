@@ -1,0 +1,157 @@
+"""Model registry: names and import paths to factories, and the checks on their options.
+
+A factory is a plain function that returns an ``nn.Module``. Its signature is the
+contract: the dataset supplies ``input_dim``, ``output_dim``, ``context`` and
+``vocab_size`` to the factories that ask for them, and the job spec's ``model.options``
+supply the rest as keyword arguments. Options are checked against the signature when the
+job spec loads, so a typo fails before any worker starts.
+
+Exercised by ``python -m pytest tests/test_models.py -q``.
+"""
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+# Arguments derived from the dataset rather than written by the user.
+DATA_ARGS = ("input_dim", "output_dim", "context", "vocab_size")
+
+
+class ModelConfigError(ValueError):
+    """A ``model.*`` setting in the job spec that cannot be used.
+
+    Args:
+        key: dotted path of the offending setting, e.g. ``model.options.width``.
+        message: what is wrong and what to change.
+    """
+
+    def __init__(self, key: str, message: str):
+        # Both go to ValueError so that args round-trip through pickle (Ray workers).
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a model factory under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODEL_REGISTRY:
+            other = MODEL_REGISTRY[name]
+            raise ValueError(
+                f"model {name!r} is already registered by {other.__module__}.{other.__qualname__}; "
+                "register the new factory under another name"
+            )
+        MODEL_REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def resolve_model_factory(name: str) -> Callable[..., nn.Module]:
+    """Find the factory for a registered name or a ``package.module:function`` path.
+
+    Raises:
+        ModelConfigError: for ``model.name`` if the name is unknown or the path does not resolve.
+    """
+    if ":" not in name:
+        if name not in MODEL_REGISTRY:
+            raise ModelConfigError(
+                "model.name",
+                f"unknown model {name!r}; registered models are {sorted(MODEL_REGISTRY)}, "
+                "or give your own factory as 'package.module:function'",
+            )
+        return MODEL_REGISTRY[name]
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelConfigError(
+            "model.name", f"cannot import {module_name!r}: {e}; check the module path"
+        ) from e
+    if not hasattr(module, attr):
+        raise ModelConfigError(
+            "model.name",
+            f"module {module_name!r} has no attribute {attr!r}; check the function name",
+        )
+    return getattr(module, attr)
+
+
+def _check_options(
+    name: str, factory: Callable[..., nn.Module], options: dict[str, Any]
+) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = [k for k, p in params.items() if k not in DATA_ARGS and p.kind is not p.VAR_KEYWORD]
+    for key in options:
+        if key in DATA_ARGS:
+            raise ModelConfigError(
+                f"model.options.{key}", "is derived from the dataset; remove it from the options"
+            )
+        if key not in params and not takes_any:
+            raise ModelConfigError(
+                f"model.options.{key}",
+                f"model {name!r} has no option {key!r}; its options are {accepted}",
+            )
+    return params
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Check that ``name`` resolves and accepts ``options``, without building the model.
+
+    Raises:
+        ModelConfigError: naming ``model.name`` or the offending ``model.options.<key>``.
+    """
+    _check_options(name, resolve_model_factory(name), options)
+
+
+def build_model(
+    name: str,
+    options: dict[str, Any],
+    *,
+    input_dim: int | None,
+    output_dim: int | None,
+    context: int | None = None,
+    vocab_size: int | None = None,
+) -> nn.Module:
+    """Build a model, passing the factory only the dataset facts its signature asks for.
+
+    Args:
+        name: a registered name or a ``package.module:function`` path.
+        options: keyword arguments from ``model.options``.
+        input_dim: number of input features.
+        output_dim: number of classes, or 1 for regression.
+        context: longest token sequence, for language models.
+        vocab_size: number of token ids, for language models.
+
+    Returns:
+        The model, with weights drawn from torch's global RNG.
+
+    Raises:
+        ModelConfigError: if the name or an option is bad, or the model needs a dataset
+            fact this dataset does not have.
+    """
+    factory = resolve_model_factory(name)
+    params = _check_options(name, factory, options)
+    data = dict(input_dim=input_dim, output_dim=output_dim, context=context, vocab_size=vocab_size)
+    wanted = {k: v for k, v in data.items() if k in params}
+    missing = [k for k, v in wanted.items() if v is None and params[k].default is params[k].empty]
+    if missing:
+        raise ModelConfigError(
+            "model.name",
+            f"model {name!r} needs {missing}, which this dataset does not provide; "
+            "pick a model that fits the dataset",
+        )
+    given = {k: v for k, v in wanted.items() if v is not None}
+    return factory(**given, **options)

@@ -1,0 +1,137 @@
+"""The `orchestrator` command. Commands parse arguments and delegate; no logic lives here.
+
+Exit status: 0 success, 1 training failed, 2 bad input (job.yaml, flags, resources).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from orchestrator.errors import DataError, JobSpecError, OrchestratorError, ResourceError
+
+app = typer.Typer(
+    help="Elastic distributed training on Ray: write one job.yaml, launch it anywhere.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+SetOption = typer.Option(None, "--set", help="Override a job.yaml key: --set train.steps=200 (repeatable).")
+RunDirArgument = typer.Argument(..., help="A run directory written by `orchestrator launch`.")
+
+
+def _fail(message: str, code: int) -> "typer.Exit":
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(job: Path, overrides: Optional[List[str]]):
+    from orchestrator.spec import load_spec
+
+    try:
+        return load_spec(job, overrides)
+    except JobSpecError as error:
+        raise _fail(f"{job} is not a valid job:\n  " + "\n  ".join(error.problems), 2) from None
+
+
+@app.command()
+def launch(
+    job: Path = typer.Argument(..., help="Path to job.yaml."),
+    set_: Optional[List[str]] = SetOption,
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where outputs go; default runs/NAME-TIME."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."
+    ),
+) -> None:
+    """Train a job: embedded local Ray, or an existing cluster with --address."""
+    from orchestrator.launcher import Launcher, default_run_dir
+
+    spec = _load(job, set_)
+    _run(Launcher(spec, run_dir or default_run_dir(spec), address))
+
+
+@app.command()
+def resume(
+    run_dir: Path = RunDirArgument,
+    set_: Optional[List[str]] = SetOption,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
+) -> None:
+    """Continue a run from its newest valid checkpoint (after a crash, a stop, or to train longer)."""
+    from orchestrator.launcher import Launcher
+
+    job = run_dir / "job.yaml"
+    if not job.is_file():
+        raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
+    _run(Launcher(_load(job, set_), run_dir, address))
+
+
+def _run(launcher) -> None:
+    try:
+        launcher.run()
+    except (DataError, ResourceError) as error:
+        raise _fail(str(error), 2) from None
+    except OrchestratorError as error:
+        raise _fail(f"{error}\n  outputs so far: {launcher.run_dir}", 1) from None
+
+
+@app.command()
+def validate(
+    job: Path = typer.Argument(..., help="Path to job.yaml."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Check job.yaml without starting anything; exit 2 with every problem listed."""
+    spec = _load(job, set_)
+    typer.echo(f"{job}: valid ({spec.model.name} on {spec.data.source}, strategy {spec.strategy.name}, "
+               f"workers {spec.scaling.workers})")
+
+
+@app.command()
+def plan(
+    job: Path = typer.Argument(..., help="Path to job.yaml."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Plan for this many workers (default: max)."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Show the mesh, batch arithmetic and per-worker memory, without starting Ray."""
+    from orchestrator.report_plan import render_plan
+
+    spec = _load(job, set_)
+    try:
+        typer.echo(render_plan(spec, workers or spec.scaling.max_workers))
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+
+
+@app.command()
+def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "--json")) -> None:
+    """State, step, world size, restarts, last checkpoint and throughput of a run."""
+    from orchestrator.run_status import read_status, render_status
+
+    if not (run_dir / "job.yaml").is_file():
+        raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
+    state = read_status(run_dir)
+    typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
+
+
+@app.command()
+def logs(
+    run_dir: Path = RunDirArgument,
+    events: bool = typer.Option(False, "--events", help="Show events (starts, resumes, checkpoints) instead."),
+) -> None:
+    """Print a run's per-step metrics (or its events) as JSON lines."""
+    name = "events.jsonl" if events else "metrics.jsonl"
+    path = run_dir / name
+    if not path.is_file():
+        raise _fail(f"{path} does not exist", 2)
+    sys.stdout.write(path.read_text())
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

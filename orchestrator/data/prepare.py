@@ -1,0 +1,105 @@
+"""Preparation steps over Ray Datasets, and the train/validation split.
+
+The split is decided per row from a seeded hash of the row's content, so it is
+the same whatever Ray's block layout and wherever the row sits in the file.
+Normalisation statistics come from the training split only.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+SPLIT_COLUMN = "__validation"
+BYTE_VOCAB = 256  # characters are tokenised as UTF-8 bytes: no vocabulary to fit or ship
+
+
+def drop_missing(ds: "ray.data.Dataset") -> "ray.data.Dataset":
+    return ds.map_batches(lambda df: df.dropna(), batch_format="pandas")
+
+
+def encode_labels(ds: "ray.data.Dataset", label: str) -> tuple["ray.data.Dataset", list]:
+    """Map label values to 0..k-1 in sorted order; returns the values in id order."""
+    values = sorted(ds.unique(label))
+    ids = {value: i for i, value in enumerate(values)}
+
+    def encode(df: pd.DataFrame) -> pd.DataFrame:
+        df[label] = df[label].map(ids).astype(np.int64)
+        return df
+
+    return ds.map_batches(encode, batch_format="pandas"), values
+
+
+def tokenize_chars(ds: "ray.data.Dataset", context: int) -> "ray.data.Dataset":
+    """Cut each `text` row into non-overlapping windows of context+1 byte ids."""
+    width = context + 1
+
+    def windows(row: dict) -> list[dict]:
+        ids = np.frombuffer(row["text"].encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        usable = len(ids) // width * width
+        return [{"tokens": w} for w in ids[:usable].reshape(-1, width)]
+
+    return ds.flat_map(windows)
+
+
+def mark_validation(ds: "ray.data.Dataset", fraction: float, seed: int) -> "ray.data.Dataset":
+    """Add a boolean column: the row belongs to the validation split."""
+
+    def mark(df: pd.DataFrame) -> pd.DataFrame:
+        hashed = pd.util.hash_pandas_object(_hashable(df), index=False, hash_key=_hash_key(seed))
+        df[SPLIT_COLUMN] = (hashed.to_numpy() % 1_000_003) / 1_000_003 < fraction
+        return df
+
+    return ds.map_batches(mark, batch_format="pandas")
+
+
+def split(ds: "ray.data.Dataset") -> tuple["ray.data.Dataset", "ray.data.Dataset"]:
+    def keep(validation: bool):
+        return lambda df: df[df[SPLIT_COLUMN] == validation].drop(columns=[SPLIT_COLUMN])
+
+    return (
+        ds.map_batches(keep(False), batch_format="pandas"),
+        ds.map_batches(keep(True), batch_format="pandas"),
+    )
+
+
+def fit_normalizer(train: "ray.data.Dataset", columns: list[str]) -> dict[str, tuple[float, float]]:
+    """Per-column mean and standard deviation over the training split (Ray Data aggregates)."""
+    from ray.data.aggregate import Mean, Std
+
+    stats = train.aggregate(*[Mean(c) for c in columns], *[Std(c, ddof=0) for c in columns])
+    result = {}
+    for column in columns:
+        mean, std = stats[f"mean({column})"], stats[f"std({column})"]
+        if mean is None:
+            raise DataError("data: the training split is empty; lower data.validation_fraction")
+        result[column] = (float(mean), float(std) if std and std > 1e-12 else 1.0)
+    return result
+
+
+def normalize(ds: "ray.data.Dataset", stats: dict[str, tuple[float, float]]) -> "ray.data.Dataset":
+    def apply(df: pd.DataFrame) -> pd.DataFrame:
+        for column, (mean, std) in stats.items():
+            df[column] = ((df[column] - mean) / std).astype(np.float32)
+        return df
+
+    return ds.map_batches(apply, batch_format="pandas")
+
+
+def _hashable(df: pd.DataFrame) -> pd.DataFrame:
+    # Array cells (token windows) are not hashable by pandas; hash their bytes instead.
+    return df.apply(lambda col: col.map(_cell_bytes) if col.dtype == object else col)
+
+
+def _cell_bytes(cell):
+    return cell.tobytes() if isinstance(cell, np.ndarray) else cell
+
+
+def _hash_key(seed: int) -> str:
+    return f"{seed:016d}"[-16:]

@@ -1,0 +1,137 @@
+"""Batch arithmetic, process layout and memory estimates, computed without Ray.
+
+global batch = data-parallel ranks x micro-batch x accumulation steps. The global
+batch is fixed by the job; on a resize only the accumulation steps change.
+
+Exercised by: orchestrator plan examples/quickstart.yaml --workers 4
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+import strategies
+from strategies.mesh import ParallelDims
+
+if TYPE_CHECKING:
+    from orchestrator.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    dims: ParallelDims
+    global_batch: int
+    micro_batch: int
+    accumulation: int
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.micro_batch * self.accumulation
+
+
+def layout_for(spec: "JobSpec", workers: int) -> ParallelDims:
+    return strategies.get_strategy(spec.strategy.name).layout(spec.strategy, workers)
+
+
+def batch_layout(spec: "JobSpec", workers: int) -> BatchLayout:
+    """Raises ValueError naming the keys to change when the batch does not divide."""
+    try:
+        dims = layout_for(spec, workers)
+    except strategies.LayoutError as error:
+        raise ValueError(f"scaling.workers: {workers} workers: {error}") from None
+    train = spec.train
+    per_step = dims.dp * train.micro_batch_size
+    if train.global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size: {train.global_batch_size} is not divisible by "
+            f"{dims.dp} data-parallel ranks x train.micro_batch_size {train.micro_batch_size} "
+            f"= {per_step} at {workers} workers; change either so the product divides it"
+        )
+    return BatchLayout(
+        dims=dims,
+        global_batch=train.global_batch_size,
+        micro_batch=train.micro_batch_size,
+        accumulation=train.global_batch_size // per_step,
+    )
+
+
+# Optimizer state in fp32 values per parameter.
+OPTIMIZER_STATE_PER_PARAM = {"sgd": 0, "adam": 2, "adamw": 2}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-worker bytes, before sharding effects other than data parallel replication."""
+
+    params: int
+    grads: int
+    optimizer: int
+    activations: int | None
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + (self.activations or 0)
+
+
+def estimate_memory(
+    model: torch.nn.Module, spec: "JobSpec", example_input: torch.Tensor
+) -> MemoryEstimate:
+    """Estimate one worker's memory for the job's strategy.
+
+    Parameter, gradient and optimizer bytes are counted from the model; activations
+    from one micro-batch forward pass on the meta device (no real memory is used),
+    as the sum of every module's output size, which is what autograd keeps.
+    """
+    n_params = sum(p.numel() for p in model.parameters())
+    per_value = 4  # fp32 master weights, gradients and optimizer state
+    state_values = OPTIMIZER_STATE_PER_PARAM[spec.optimizer.name]
+    if spec.optimizer.name == "sgd" and spec.optimizer.momentum > 0:
+        state_values = 1
+    activation_bytes = _activation_bytes(model, example_input)
+    if spec.train.precision == "bf16" and activation_bytes is not None:
+        activation_bytes //= 2
+    return MemoryEstimate(
+        params=n_params * per_value,
+        grads=n_params * per_value,
+        optimizer=n_params * per_value * state_values,
+        activations=activation_bytes,
+    )
+
+
+def _activation_bytes(model: torch.nn.Module, example_input: torch.Tensor) -> int | None:
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    meta_model = _copy_to_meta(model)
+    handles = [m.register_forward_hook(count) for m in meta_model.modules() if not list(m.children())]
+    try:
+        meta_model(example_input.to("meta"))
+    except (NotImplementedError, RuntimeError):
+        return None  # some kernels (e.g. LSTM) have no meta implementation
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def _copy_to_meta(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to("meta")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,40 @@
+"""`orchestrator plan`: the layout, batch arithmetic and memory of a job, as text."""
+from __future__ import annotations
+
+import torch
+
+import models
+from orchestrator.data.shapes import example_input, model_arguments
+from orchestrator.plan import batch_layout, estimate_memory, human_bytes
+from orchestrator.spec import JobSpec
+
+
+def render_plan(spec: JobSpec, workers: int) -> str:
+    """Raises ValueError (naming the key) when the job cannot run at `workers`."""
+    layout = batch_layout(spec, workers)
+    dims = layout.dims
+    arguments = model_arguments(spec)
+    torch.manual_seed(spec.train.seed)
+    model = models.build_model(spec.model.name, spec.model.options, **arguments)
+    memory = estimate_memory(model, spec, example_input(spec, arguments, layout.micro_batch))
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [
+        f"job {spec.name}: model {spec.model.name} ({n_params:,} parameters, {len(getattr(model, 'layers', []))} blocks), "
+        f"data {spec.data.source}, strategy {spec.strategy.name}",
+        f"mesh: {workers} workers = data {dims.dp} x tensor {dims.tp} x pipeline {dims.pp}",
+        f"batch: global {layout.global_batch} = data-parallel ranks {dims.dp} x micro-batch "
+        f"{layout.micro_batch} x accumulation {layout.accumulation}",
+        "memory per worker (estimate):",
+        f"  parameters   {human_bytes(memory.params)}",
+        f"  gradients    {human_bytes(memory.grads)}",
+        f"  optimizer    {human_bytes(memory.optimizer)}  ({spec.optimizer.name})",
+        f"  activations  {human_bytes(memory.activations)}  (one micro-batch of {layout.micro_batch})",
+        f"  total        {human_bytes(memory.total)}",
+    ]
+    if spec.scaling.min_workers != spec.scaling.max_workers:
+        accum = {
+            n: batch_layout(spec, n).accumulation
+            for n in range(spec.scaling.min_workers, spec.scaling.max_workers + 1)
+        }
+        lines.append("elastic range: " + ", ".join(f"{n} workers -> accumulation {a}" for n, a in accum.items()))
+    return "\n".join(lines)

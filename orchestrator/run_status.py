@@ -1,0 +1,37 @@
+"""`orchestrator status`: what a run directory says about its run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.checkpoint import CheckpointManager, verify
+from orchestrator.metrics import EVENTS_FILE, METRICS_FILE, read_jsonl
+
+
+def read_status(run_dir: Path) -> dict:
+    metrics = list(read_jsonl(run_dir / METRICS_FILE))
+    events = list(read_jsonl(run_dir / EVENTS_FILE))
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    checkpoints = [p for p in CheckpointManager.list_checkpoints(run_dir) if verify(p) is None]
+    last = metrics[-1] if metrics else {}
+    if summary is not None:
+        state = summary["status"]
+    elif events:
+        state = "running or interrupted"
+    else:
+        state = "not started"
+    return {
+        "run_dir": str(run_dir),
+        "state": state,
+        "step": last.get("step", 0),
+        "world_size": last.get("world_size"),
+        "restarts": max(0, sum(e["event"] == "started" for e in events) - 1),
+        "last_checkpoint": checkpoints[-1].name if checkpoints else None,
+        "samples_per_s": last.get("samples_per_s"),
+        "loss": last.get("loss"),
+    }
+
+
+def render_status(state: dict) -> str:
+    return "\n".join(f"{key:16} {value}" for key, value in state.items())

@@ -1,0 +1,321 @@
+"""The job spec: job.yaml as typed, documented models, validated once at load.
+
+Precedence: `--set a.b=c` overrides > job.yaml > the defaults written here.
+Unknown keys are rejected. Every error names its key path, shows the bad value
+and says what to change; all problems are reported together.
+
+Exercised by: pytest tests/test_spec.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import models
+import strategies
+from orchestrator.errors import JobSpecError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class ModelSection(Section):
+    """Which model to train."""
+
+    name: str = Field(
+        description="A registered model (mlp, cnn, lstm, gpt) or `package.module:function` "
+        "returning an nn.Module."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the model's factory."
+    )
+
+
+BUILTIN_SOURCES = ("synthetic", "digits", "chars")
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+PrepareStep = Literal["dropna", "normalize", "encode_labels", "tokenize_chars"]
+
+
+class DataSection(Section):
+    """Where samples come from and how they are prepared (through Ray Data)."""
+
+    source: str = Field(
+        description="`synthetic`, `digits` (scikit-learn's bundled 8x8 digits), `chars` "
+        "(character corpus from the Python standard library's sources), or a path to a "
+        ".parquet, .csv or .jsonl file (relative to job.yaml)."
+    )
+    task: Literal["auto", "classification", "regression", "lm"] = Field(
+        "auto", description="Loss and metrics; `auto` takes the source's natural task."
+    )
+    label_column: str = Field("label", description="Target column of a file source.")
+    feature_columns: list[str] | None = Field(
+        None, description="Input columns of a file source; default all but the label."
+    )
+    prepare: list[PrepareStep] = Field(
+        default_factory=list,
+        description="Preparation steps in order: dropna (drop rows with missing values), "
+        "normalize (standardise features with training-split statistics), encode_labels "
+        "(map label values to 0..k-1), tokenize_chars (text to character ids).",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Built-in source parameters: synthetic {samples, features, classes, "
+        "noise}; chars {context, max_chars}.",
+    )
+
+    @property
+    def is_file(self) -> bool:
+        return self.source not in BUILTIN_SOURCES
+
+    @property
+    def file_format(self) -> str:
+        return FILE_FORMATS[Path(self.source).suffix.lower()]
+
+
+class OptimizerSection(Section):
+    """The optimizer applied to every parameter."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for adamw).")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD, needs momentum > 0).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+
+
+class ScheduleSection(Section):
+    """Learning-rate schedule over `train.steps`, with optional linear warm-up."""
+
+    name: Literal["constant", "step", "cosine"] = Field("constant", description="Shape after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to `optimizer.lr`.")
+    step_size: int = Field(100, gt=0, description="`step`: multiply by gamma every this many steps.")
+    gamma: float = Field(0.1, gt=0, description="`step`: decay factor.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="`cosine`: final lr as a share of lr.")
+
+
+class TrainSection(Section):
+    """The loop: length, batch arithmetic, precision, validation."""
+
+    steps: int = Field(100, gt=0, description="Optimizer steps to run.")
+    seed: int = Field(0, description="Seeds weights, data order and every RNG stream.")
+    global_batch_size: int = Field(
+        64, gt=0, description="Samples per optimizer step, the same at every worker count."
+    )
+    micro_batch_size: int = Field(
+        32, gt=0, description="Samples per forward pass on one data-parallel rank."
+    )
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward under autocast.")
+    deterministic: bool = Field(True, description="Deterministic kernels (slower on GPU).")
+    validate_every: int = Field(0, ge=0, description="Validate every N steps (0: only at the end).")
+    log_every: int = Field(10, gt=0, description="Progress line every N steps when not on a terminal.")
+
+
+class ScalingSection(Section):
+    """How many workers and what each holds."""
+
+    workers: int | tuple[int, int] = Field(
+        2, description="Worker count, or `[min, max]` for an elastic range."
+    )
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL between them.")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="Logical CPUs per worker; default sized to leave room for Ray Data."
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        low, high = (value, value) if isinstance(value, int) else value
+        if low < 1:
+            raise ValueError(f"worker counts must be at least 1, got {value}")
+        if low > high:
+            raise ValueError(f"min workers {low} is above max workers {high}; write [min, max]")
+        return value
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[1]
+
+
+class CheckpointSection(Section):
+    """When checkpoints are written and how many are kept."""
+
+    every_steps: int = Field(50, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    keep: int = Field(3, gt=0, description="Keep the newest K checkpoints.")
+
+
+class FailureSection(Section):
+    """How many worker failures a run survives."""
+
+    max_failures: int = Field(3, ge=0, description="Restarts allowed before the run fails.")
+
+
+def _strategy_union() -> Any:
+    option_models = tuple(spec.options for spec in strategies.STRATEGY_REGISTRY.values())
+    if len(option_models) == 1:
+        return option_models[0]
+    return Annotated[Union[option_models], Field(discriminator="name")]
+
+
+class JobSpec(Section):
+    """A whole training job."""
+
+    name: str = Field("job", description="Run name, used for the default run directory.")
+    model: ModelSection
+    data: DataSection
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    strategy: _strategy_union() = Field(  # type: ignore[valid-type]
+        default_factory=lambda: strategies.get_strategy("ddp").options(),
+        description="Parallelism strategy; `name` picks it, the other keys are its options.",
+    )
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+
+    # Where job.yaml lives; relative data paths resolve against it. Not a job.yaml key.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "JobSpec":
+        problems: list[str] = []
+        if self.optimizer.nesterov and (self.optimizer.name != "sgd" or self.optimizer.momentum == 0):
+            problems.append(
+                "optimizer.nesterov: true needs optimizer.name: sgd with optimizer.momentum > 0 "
+                f"(got name {self.optimizer.name!r}, momentum {self.optimizer.momentum})"
+            )
+        if self.data.is_file and Path(self.data.source).suffix.lower() not in FILE_FORMATS:
+            problems.append(
+                f"data.source: {self.data.source!r} is neither a built-in source "
+                f"({', '.join(BUILTIN_SOURCES)}) nor a file ending in {', '.join(FILE_FORMATS)}"
+            )
+        elif self.data.is_file and not self.data_path.is_file():
+            problems.append(f"data.source: file {str(self.data_path)!r} does not exist")
+        try:
+            models.check_model_options(self.model.name, self.model.options)
+        except models.ModelConfigError as error:
+            problems.append(str(error))
+        problems += batch_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return (self.base_dir / self.data.source).resolve()
+
+    @property
+    def resolved_task(self) -> str:
+        if self.data.task != "auto":
+            return self.data.task
+        return {"chars": "lm"}.get(self.data.source, "classification")
+
+
+def batch_problems(spec: JobSpec) -> list[str]:
+    """Refuse every worker count in the range whose batch arithmetic does not divide."""
+    from orchestrator.plan import batch_layout  # plan imports spec types
+
+    problems = []
+    counts = range(spec.scaling.min_workers, spec.scaling.max_workers + 1)
+    for workers in counts:
+        try:
+            batch_layout(spec, workers)
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        fits = [n for n in range(1, 4 * spec.scaling.max_workers + 1) if _fits(spec, n)]
+        problems.append(
+            f"scaling.workers: {spec.scaling.workers} includes counts the batch cannot be split "
+            f"over; counts that fit: {', '.join(map(str, fits)) or 'none'}"
+        )
+    return problems
+
+
+def _fits(spec: JobSpec, workers: int) -> bool:
+    from orchestrator.plan import batch_layout
+
+    try:
+        batch_layout(spec, workers)
+        return True
+    except ValueError:
+        return False
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read job.yaml, apply `a.b=c` overrides, validate everything once.
+
+    Raises:
+        JobSpecError: listing every problem, each naming its key path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JobSpecError([f"job file {str(path)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise JobSpecError([f"{path}: not valid YAML: {error}"]) from None
+    if not isinstance(raw, dict):
+        raise JobSpecError([f"{path}: the top level must be a mapping of sections"])
+    for override in overrides or []:
+        apply_override(raw, override)
+    return spec_from_dict(raw, base_dir=path.parent)
+
+
+def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path(".")) -> JobSpec:
+    try:
+        return JobSpec.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as error:
+        raise JobSpecError(_describe(error)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (so 2, [1, 4], true)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise JobSpecError([f"--set {override!r}: write it as section.key=value"])
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise JobSpecError([f"--set {override!r}: {part!r} is not a section"])
+    node[leaf] = yaml.safe_load(text)
+
+
+def _describe(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{location}: unknown key (value {item['input']!r}); remove it or check the spelling")
+        elif item["type"] == "missing":
+            problems.append(f"{location}: required key is missing")
+        elif location:
+            problems.append(f"{location}: {message} (got {item['input']!r})")
+        else:
+            problems.extend(message.splitlines())
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in strategies.STRATEGY_REGISTRY
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML, every default written out."""
+    data = spec.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,15 @@
+"""Parallelism strategies, registered by name. Importing this package registers them all."""
+from strategies import ddp  # noqa: F401  (registers "ddp")
+from strategies.base import Strategy
+from strategies.mesh import LayoutError, ParallelDims
+from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
+
+__all__ = [
+    "STRATEGY_REGISTRY",
+    "LayoutError",
+    "ParallelDims",
+    "Strategy",
+    "StrategySpec",
+    "get_strategy",
+    "register_strategy",
+]

@@ -1,0 +1,159 @@
+"""The runtime interface every strategy implements, and the parts most share.
+
+The training loop only talks to this interface: strategy differences live here,
+never in `if strategy == ...` branches of the loop or the controller.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+from strategies.mesh import ParallelDims
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Strategy(ABC):
+    """One worker's view of a parallelism strategy.
+
+    Lifecycle: `setup` once, then per optimizer step `forward_backward` for each
+    micro-batch inside `accumulate(...)`, then `step`. `save`/`load` move the
+    model and optimizer state through a checkpoint directory shared by all ranks.
+    """
+
+    def __init__(self, dims: ParallelDims) -> None:
+        self.dims = dims
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.model: nn.Module
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ---- layout -------------------------------------------------------------------
+    @property
+    def dp_rank(self) -> int:
+        return self.dims.coordinates(self.rank)[0]
+
+    @property
+    def dp_size(self) -> int:
+        return self.dims.dp
+
+    @property
+    def computes_loss(self) -> bool:
+        """Whether this rank sees the model's output (all but early pipeline stages)."""
+        return True
+
+    # ---- setup ------------------------------------------------------------------------
+    @abstractmethod
+    def setup(
+        self,
+        model: nn.Module,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        """Place, wrap and shard `model`; build its optimizer and schedule."""
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device_type = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
+
+    # ---- one optimizer step --------------------------------------------------------
+    def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch; data-parallel strategies skip the gradient
+        all-reduce on all but the last micro-batch of an accumulation window."""
+        return contextlib.nullcontext()
+
+    def forward_backward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, loss_scale: float
+    ) -> torch.Tensor:
+        """Run one micro-batch forward and backward; return its unscaled loss, detached."""
+        with self._autocast():
+            loss = loss_fn(self.model(inputs), targets)
+        (loss * loss_scale).backward()
+        return loss.detach()
+
+    def step(self, max_grad_norm: float | None) -> float | None:
+        """Clip, apply and clear the gradients, advance the schedule; return the
+        gradient norm before clipping when clipping is on."""
+        grad_norm = None
+        if max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return grad_norm
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Model output for evaluation, or None on ranks that do not see it."""
+        self.model.eval()
+        try:
+            with self._autocast():
+                return self.model(inputs).float()
+        finally:
+            self.model.train()
+
+    # ---- state ------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write model and optimizer state with torch.distributed.checkpoint, which
+        stores each shard once and lets another layout or world size load it."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
+        dcp.save(state, checkpoint_id=str(directory))
+
+    def load(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
+        dcp.load(state, checkpoint_id=str(directory))
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        """The unsharded model weights, gathered on every rank (call on all ranks)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(self.model, options=options)
+
+    # ---- accounting -----------------------------------------------------------------
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of parameters, gradients and optimizer state this rank holds."""
+        return {
+            "params": sum(_local_bytes(p) for p in self.model.parameters()),
+            "grads": sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None),
+            "optimizer": sum(
+                _local_bytes(v)
+                for state in self.optimizer.state.values()
+                for v in state.values()
+                if isinstance(v, torch.Tensor)
+            ),
+        }
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes this rank really stores: a DTensor counts only its local shard."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def autocast_dtype_for(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16}[precision]

@@ -1,0 +1,62 @@
+"""Distributed data parallel: every worker holds the whole model, gradients are averaged.
+
+Exercised by: pytest tests/test_strategy_parity.py -k ddp
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.mesh import ParallelDims
+from strategies.registry import StrategySpec, register_strategy
+
+
+class DDPOptions(BaseModel):
+    """`strategy:` section for `name: ddp`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["ddp"] = "ddp"
+    bucket_cap_mb: float = Field(25.0, gt=0, description="Gradient all-reduce bucket size in MiB.")
+
+
+class DDPStrategy(Strategy):
+    def __init__(self, options: DDPOptions, dims: ParallelDims) -> None:
+        super().__init__(dims)
+        self.options = options
+
+    def setup(
+        self,
+        model: nn.Module,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        model = model.to(device)
+        device_ids = [device.index] if device.type == "cuda" else None
+        self.model = DistributedDataParallel(
+            model, device_ids=device_ids, bucket_cap_mb=self.options.bucket_cap_mb
+        )
+        self.optimizer = make_optimizer(self.model.parameters())
+        self.scheduler = make_scheduler(self.optimizer)
+        self.autocast_dtype = autocast_dtype_for(precision)
+
+    def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if is_last_micro_batch else self.model.no_sync()
+
+
+register_strategy(
+    StrategySpec(
+        name="ddp",
+        options=DDPOptions,
+        build=DDPStrategy,
+        layout=lambda options, world_size: ParallelDims(world_size=world_size, dp=world_size),
+        summary="data parallel: full replica per worker, gradients all-reduced",
+    )
+)

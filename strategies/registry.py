@@ -1,0 +1,54 @@
+"""The strategy registry: one dict from the name written in job.yaml to its spec.
+
+A strategy is registered with the pydantic model of its `strategy:` section in
+job.yaml and a builder that turns those options plus the process layout into a
+runtime `Strategy`. Presets are data: register another name with other defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from strategies.base import Strategy
+    from strategies.mesh import ParallelDims
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What the registry knows about one strategy.
+
+    Attributes:
+        name: the value of `strategy.name` in job.yaml.
+        options: pydantic model validating the whole `strategy:` section.
+        build: `build(options, dims) -> Strategy`, called on every worker.
+        layout: `layout(options, world_size) -> ParallelDims`, pure; used by
+            validate and plan before any process starts.
+        summary: one line for `orchestrator plan` and the README.
+    """
+
+    name: str
+    options: type[BaseModel]
+    build: Callable[[BaseModel, "ParallelDims"], "Strategy"]
+    layout: Callable[[BaseModel, int], "ParallelDims"]
+    summary: str
+
+
+STRATEGY_REGISTRY: dict[str, StrategySpec] = {}
+
+
+def register_strategy(spec: StrategySpec) -> StrategySpec:
+    if spec.name in STRATEGY_REGISTRY:
+        raise ValueError(f"strategy {spec.name!r} is already registered")
+    STRATEGY_REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_strategy(name: str) -> StrategySpec:
+    try:
+        return STRATEGY_REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(sorted(STRATEGY_REGISTRY))
+        raise KeyError(f"unknown strategy {name!r}; registered strategies: {valid}") from None
