@@ -1,0 +1,107 @@
+"""Run the real training loop in real processes joined by gloo, without Ray.
+
+The strategy matrix needs many short multi-process runs; starting them as plain
+processes takes a second or two where a Ray Train worker group takes ten. The
+loop, strategies and checkpoints are the same code `orchestrator launch` runs;
+the launcher path itself is covered by the end-to-end tests.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator.data import PreparedData
+from orchestrator.spec import JobSpec, spec_from_dict
+
+PROCESS_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(fn, rank, world_size, port, queue, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        queue.put((rank, "ok", fn(rank, world_size, *args)))
+    except BaseException:  # report every failure to the parent, which raises it
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
+    """Call `fn(rank, world_size, *args)` in `world_size` fresh processes; return each
+    rank's result. Raises RuntimeError with the worker traceback if any rank fails."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(target=_entry, args=(fn, rank, world_size, port, queue, args))
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    results: dict[int, Any] = {}
+    try:
+        for _ in processes:
+            rank, status, value = queue.get(timeout=PROCESS_TIMEOUT_S)
+            if status == "error":
+                raise RuntimeError(f"rank {rank} failed:\n{value}")
+            results[rank] = value
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [results[rank] for rank in range(world_size)]
+
+
+def _train_rank(rank: int, world_size: int, spec: JobSpec, data: PreparedData, run_dir: str) -> None:
+    import torch
+
+    from orchestrator.train_loop import WorkerContext, train
+
+    context = WorkerContext(
+        spec=spec, run_dir=Path(run_dir), data=data, rank=rank, world_size=world_size,
+        device=torch.device("cpu"),
+    )
+    train(context)
+
+
+def train_in_processes(spec: JobSpec, data: PreparedData, world_size: int, run_dir: Path) -> list[dict]:
+    """Train `spec` at `world_size` and return its per-step metrics records."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_processes(_train_rank, world_size, spec, data, str(run_dir))
+    return read_metrics(run_dir)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.jsonl") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def make_spec(raw: dict[str, Any], **overrides: Any) -> JobSpec:
+    """A spec from a dict, with `section.key` overrides given as keyword arguments
+    written `section__key=value`."""
+    merged = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = merged
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return spec_from_dict(merged)
