@@ -140,6 +140,8 @@ class Launcher:
         context = DataContext.get_current()
         context.execution_options.preserve_order = True  # a reproducible row order
         context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         data = prepare_data(self.spec)
         _say(f"data: {data.describe()}")
         _say(

@@ -189,6 +189,17 @@ class JobSpec(Section):
     # Where job.yaml lives; relative data paths resolve against it. Not a job.yaml key.
     base_dir: Path = Field(default=Path("."), exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_strategy(cls, raw: Any) -> Any:
+        # Checked before the union so the error lists the registered names.
+        strategy = raw.get("strategy") if isinstance(raw, dict) else None
+        name = strategy.get("name") if isinstance(strategy, dict) else None
+        if name is not None and name not in strategies.STRATEGY_REGISTRY:
+            valid = ", ".join(sorted(strategies.STRATEGY_REGISTRY))
+            raise ValueError(f"strategy.name: unknown strategy {name!r}; registered strategies: {valid}")
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobSpec":
         problems: list[str] = []
@@ -238,10 +249,14 @@ def batch_problems(spec: JobSpec) -> list[str]:
     if problems:
         fits = [n for n in range(1, 4 * spec.scaling.max_workers + 1) if _fits(spec, n)]
         problems.append(
-            f"scaling.workers: {spec.scaling.workers} includes counts the batch cannot be split "
+            f"scaling.workers: {list(_as_tuple(spec.scaling.workers))} includes counts the batch cannot be split "
             f"over; counts that fit: {', '.join(map(str, fits)) or 'none'}"
         )
     return problems
+
+
+def _as_tuple(workers: int | tuple[int, int]) -> tuple[int, ...]:
+    return (workers,) if isinstance(workers, int) else tuple(workers)
 
 
 def _fits(spec: JobSpec, workers: int) -> bool:

@@ -3,7 +3,7 @@
 MLP_JOB = {
     "name": "mlp-parity",
     "model": {"name": "mlp", "options": {"hidden": [32, 32]}},
-    "data": {"source": "synthetic", "options": {"samples": 1024, "features": 12, "classes": 4}},
+    "data": {"source": "synthetic", "options": {"samples": 1024, "features": 12, "classes": 4, "noise": 3.0}},
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "train": {"steps": 30, "seed": 3, "global_batch_size": 32, "micro_batch_size": 8},
     "strategy": {"name": "ddp"},

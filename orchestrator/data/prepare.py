@@ -21,7 +21,17 @@ BYTE_VOCAB = 256  # characters are tokenised as UTF-8 bytes: no vocabulary to fi
 
 
 def drop_missing(ds: "ray.data.Dataset") -> "ray.data.Dataset":
-    return ds.map_batches(lambda df: df.dropna(), batch_format="pandas")
+    """Drop rows with a null or a NaN anywhere. Arrow-backed pandas columns treat a
+    float NaN as a value, not as missing, so NaNs are looked for separately."""
+
+    def keep_complete(df: pd.DataFrame) -> pd.DataFrame:
+        missing = df.isna().to_numpy().any(axis=1)
+        for column in df.columns:
+            if pd.api.types.is_float_dtype(df[column].dtype):
+                missing |= np.isnan(df[column].to_numpy(dtype=np.float64, na_value=np.nan))
+        return df[~missing]
+
+    return ds.map_batches(keep_complete, batch_format="pandas")
 
 
 def encode_labels(ds: "ray.data.Dataset", label: str) -> tuple["ray.data.Dataset", list]:
@@ -52,8 +62,10 @@ def mark_validation(ds: "ray.data.Dataset", fraction: float, seed: int) -> "ray.
     """Add a boolean column: the row belongs to the validation split."""
 
     def mark(df: pd.DataFrame) -> pd.DataFrame:
-        hashed = pd.util.hash_pandas_object(_hashable(df), index=False, hash_key=_hash_key(seed))
-        df[SPLIT_COLUMN] = (hashed.to_numpy() % 1_000_003) / 1_000_003 < fraction
+        content = pd.util.hash_pandas_object(_hashable(df), index=False).to_numpy()
+        # hash_key only reaches text columns, so the seed is mixed in afterwards.
+        mixed = pd.util.hash_array(content ^ np.uint64(seed % 2**64))
+        df[SPLIT_COLUMN] = (mixed % 1_000_003) / 1_000_003 < fraction
         return df
 
     return ds.map_batches(mark, batch_format="pandas")
@@ -100,6 +112,3 @@ def _hashable(df: pd.DataFrame) -> pd.DataFrame:
 def _cell_bytes(cell):
     return cell.tobytes() if isinstance(cell, np.ndarray) else cell
 
-
-def _hash_key(seed: int) -> str:
-    return f"{seed:016d}"[-16:]
