@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -37,8 +37,10 @@ class WorkerResources:
     threads_per_worker: int
     use_gpu: bool
 
+    extra: dict[str, float] = field(default_factory=dict)
+
     def ray_resources(self) -> dict[str, float]:
-        resources = {"CPU": self.cpus_per_worker}
+        resources = {"CPU": self.cpus_per_worker, **self.extra}
         if self.use_gpu:
             resources["GPU"] = 1.0
         return resources
@@ -55,7 +57,8 @@ def size_workers(spec: JobSpec, cluster: dict[str, float]) -> WorkerResources:
         ResourceError: naming the scaling key to change.
     """
     scaling = spec.scaling
-    count = scaling.max_workers
+    spares = scaling.spares if scaling.backend == "elastic" else 0
+    count = scaling.max_workers + spares
     cpus = cluster.get("CPU", 0.0)
     if scaling.use_gpu and cluster.get("GPU", 0.0) < scaling.min_workers:
         raise ResourceError(
@@ -64,9 +67,9 @@ def size_workers(spec: JobSpec, cluster: dict[str, float]) -> WorkerResources:
         )
     spare = cpus - CPUS_KEPT_FOR_DATA
     per_worker = scaling.cpus_per_worker or min(1.0, math.floor(spare / count * 100) / 100)
-    if per_worker < MIN_CPUS_PER_WORKER or per_worker * scaling.min_workers > spare:
+    if per_worker < MIN_CPUS_PER_WORKER or per_worker * (scaling.min_workers + spares) > spare:
         raise ResourceError(
-            f"scaling: {scaling.min_workers} workers x {per_worker:g} CPUs do not fit in the "
+            f"scaling: {scaling.min_workers} workers (+{spares} spares) x {per_worker:g} CPUs do not fit in the "
             f"cluster's {cpus:g} CPUs while keeping {CPUS_KEPT_FOR_DATA:g} for data loading; "
             "lower scaling.workers or scaling.cpus_per_worker, or add nodes"
         )
@@ -75,8 +78,9 @@ def size_workers(spec: JobSpec, cluster: dict[str, float]) -> WorkerResources:
     return WorkerResources(
         workers=workers,
         cpus_per_worker=per_worker,
-        threads_per_worker=max(1, physical // count),
+        threads_per_worker=max(1, physical // scaling.max_workers),
         use_gpu=scaling.use_gpu,
+        extra=dict(scaling.worker_resources),
     )
 
 
@@ -104,7 +108,7 @@ class Launcher:
         summary = self._write_summary(time.time() - started, result_error)
         if result_error is not None:
             raise TrainingError(f"training failed: {result_error}") from result_error
-        _say(f"finished: {self.run_dir}")
+        _say(f"{summary['status']}: {self.run_dir}")
         return summary
 
     # ---- steps ----------------------------------------------------------------------------
@@ -130,11 +134,7 @@ class Launcher:
     def _train(self) -> BaseException | None:
         import ray
         from ray.data import DataContext
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
-
         from orchestrator.data import prepare_data
-        from orchestrator.train_loop import train_worker
 
         resources = size_workers(self.spec, ray.cluster_resources())
         context = DataContext.get_current()
@@ -149,12 +149,41 @@ class Launcher:
             + (" + 1 GPU" if resources.use_gpu else "")
             + f", strategy {self.spec.strategy.name}"
         )
+        data_ref = ray.put(data)
+        if self.spec.scaling.backend == "ray_train":
+            run = lambda: self._fit_with_ray_train(data_ref, resources)  # noqa: E731
+        else:
+            run = lambda: self._run_elastic(data_ref, resources)  # noqa: E731
+        outcome: dict = {"error": None, "state": "finished"}
+
+        def target() -> None:
+            try:
+                outcome["state"] = run()
+            except Exception as error:  # kept for the summary, raised by run()
+                outcome["error"] = error
+
+        thread = threading.Thread(target=target, name="training", daemon=True)
+        thread.start()
+        with ProgressReporter(self.run_dir, self.spec) as progress:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+                progress.update()
+            progress.update()
+        self.final_state = outcome["state"]
+        return outcome["error"]
+
+    def _fit_with_ray_train(self, data_ref, resources: WorkerResources) -> str:
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from orchestrator.train_loop import train_worker
+
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
                 "spec": self.spec,
                 "run_dir": str(self.run_dir),
-                "data_ref": ray.put(data),
+                "data_ref": data_ref,
                 "threads_per_worker": resources.threads_per_worker,
             },
             scaling_config=ScalingConfig(
@@ -168,27 +197,46 @@ class Launcher:
                 failure_config=FailureConfig(max_failures=self.spec.failure.max_failures),
             ),
         )
-        outcome: dict[str, BaseException | None] = {"error": None}
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        return "finished"
 
-        def fit() -> None:
+    def _run_elastic(self, data_ref, resources: WorkerResources) -> str:
+        from orchestrator.elastic.controller import ElasticController, State
+        from orchestrator.elastic.group import RayWorkerGroup
+        from orchestrator.elastic.policies import FailurePolicy, ScalingPolicy
+        from orchestrator.plan import batch_layout
+
+        def batch_fits(workers: int) -> bool:
             try:
-                result = trainer.fit()
-                outcome["error"] = result.error
-            except Exception as error:  # fit raises the workers' error; keep it for the summary
-                outcome["error"] = error
+                batch_layout(self.spec, workers)
+                return True
+            except ValueError:
+                return False
 
-        thread = threading.Thread(target=fit, name="fit", daemon=True)
-        thread.start()
-        with ProgressReporter(self.run_dir, self.spec) as progress:
-            while thread.is_alive():
-                thread.join(timeout=0.5)
-                progress.update()
-            progress.update()
-        return outcome["error"]
+        scaling = self.spec.scaling
+        group = RayWorkerGroup(
+            self.spec, str(self.run_dir), data_ref, resources.ray_resources(),
+            resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA,
+        )
+        controller = ElasticController(
+            group,
+            self.run_dir,
+            FailurePolicy(self.spec.failure.max_failures),
+            ScalingPolicy(scaling.min_workers, scaling.max_workers, batch_fits),
+            spares=scaling.spares,
+            replace_timeout_s=self.spec.failure.replace_timeout_s,
+        )
+        state = controller.run()
+        if state == State.ERRORED:
+            raise TrainingError(controller.error or "the elastic controller gave up")
+        return state.value
 
     def _write_summary(self, wall_time: float, error: BaseException | None) -> dict:
         summary = summarize(self.run_dir)
-        summary.update({"wall_time_s": wall_time, "status": "failed" if error else "finished"})
+        status = "failed" if error else getattr(self, "final_state", "finished")
+        summary.update({"wall_time_s": wall_time, "status": status})
         if error is not None:
             summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -199,10 +247,17 @@ def summarize(run_dir: Path) -> dict:
     """Steps, final loss and validation metrics, restarts, from what the run wrote."""
     records = latest_per_step(list(read_jsonl(run_dir / METRICS_FILE)))
     events = list(read_jsonl(run_dir / EVENTS_FILE))
+    elastic = any(e["event"] == "attempt" for e in events)
+    failures = [dict(r["failure"], step=r["step"]) for r in records if "failure" in r]
     summary: dict = {
         "steps": records[-1]["step"] if records else 0,
         "final_loss": records[-1]["loss"] if records else None,
-        "restarts": max(0, sum(e["event"] == "started" for e in events) - 1),
+        # Ray Train restarts show as extra worker starts; the elastic controller logs each failure.
+        "restarts": sum(e["event"] == "failure" for e in events)
+        if elastic
+        else max(0, sum(e["event"] == "started" for e in events) - 1),
+        "failures": failures,
+        "world_sizes": sorted({r["world_size"] for r in records}),
     }
     validation = [r for r in records if "val_loss" in r]
     if validation:

@@ -129,6 +129,18 @@ class ScalingSection(Section):
     cpus_per_worker: float | None = Field(
         None, gt=0, description="Logical CPUs per worker; default sized to leave room for Ray Data."
     )
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra Ray resources each worker needs, e.g. a custom "
+        "node label {trainer: 1} to keep workers on certain nodes."
+    )
+    spares: int = Field(
+        1, ge=0, description="Warm standby workers (elastic backend): a failed worker is "
+        "replaced by one at once instead of waiting for a new process."
+    )
+    backend: Literal["elastic", "ray_train"] = Field(
+        "elastic", description="elastic: our controller holds the worker actors (fast "
+        "recovery, resizes); ray_train: Ray Train's TorchTrainer restarts the group."
+    )
 
     @field_validator("workers")
     @classmethod
@@ -160,6 +172,31 @@ class FailureSection(Section):
     """How many worker failures a run survives."""
 
     max_failures: int = Field(3, ge=0, description="Restarts allowed before the run fails.")
+    replace_timeout_s: float = Field(
+        20.0, gt=0, description="How long to wait for a replacement worker before continuing "
+        "with fewer workers (when scaling.workers allows fewer)."
+    )
+
+
+class ChaosSection(Section):
+    """Fault injection, for testing a setup's resilience. Each fault fires once."""
+
+    kill_worker_at_steps: list[int] = Field(
+        default_factory=list, description="SIGKILL one worker process right after these steps."
+    )
+    kill_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance, per step, of killing a worker (seeded by chaos.seed)."
+    )
+    seed: int = Field(0, description="Seeds which steps and which workers the random kills hit.")
+    remove_node_at_steps: list[int] = Field(
+        default_factory=list,
+        description="Remove the node of the last worker (its raylet is killed) after these "
+        "steps; never the head node.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.kill_worker_at_steps or self.kill_probability or self.remove_node_at_steps)
 
 
 def _strategy_union() -> Any:
@@ -185,6 +222,7 @@ class JobSpec(Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     failure: FailureSection = Field(default_factory=FailureSection)
+    chaos: ChaosSection = Field(default_factory=ChaosSection)
 
     # Where job.yaml lives; relative data paths resolve against it. Not a job.yaml key.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 import models
 import strategies
+from orchestrator.chaos import Chaos
 from orchestrator.checkpoint import CheckpointManager, TrainerState
+from orchestrator.control import Directive, DirectiveReader
 from orchestrator.data import GlobalBatchSampler, PreparedData
 from orchestrator.metrics import EventLog, MetricsLog
 from orchestrator.optim import build_optimizer, build_scheduler
@@ -38,6 +40,16 @@ class WorkerContext:
     rank: int
     world_size: int
     device: torch.device
+    attempt: int = 0
+    # The failure this attempt recovers from, as the controller saw it; attached to
+    # the first step record so metrics.jsonl shows detection, recovery and redone steps.
+    failure: dict[str, Any] | None = None
+
+
+class Outcome:
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    RESIZE = "resize"
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -78,7 +90,9 @@ def loss_function(task: str):
     return F.cross_entropy
 
 
-def train(w: WorkerContext) -> None:
+def train(w: WorkerContext) -> str:
+    """Train from the newest valid checkpoint to `train.steps`, or until the controller
+    asks to stop or resize. Returns an `Outcome`."""
     spec = w.spec
     events = EventLog(w.run_dir, enabled=w.rank == 0)
     layout = batch_layout(spec, w.world_size)
@@ -107,6 +121,10 @@ def train(w: WorkerContext) -> None:
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
     metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
     loss_fn = loss_function(w.data.task)
+    directives = DirectiveReader(w.run_dir, w.attempt, w.rank)
+    chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
+    failure = dict(w.failure, steps_redone=w.failure["last_step"] - step) if w.failure else None
+    resize_requested = False
 
     # ---- train ------------------------------------------------------------------------------
     while step < spec.train.steps:
@@ -130,11 +148,26 @@ def train(w: WorkerContext) -> None:
         record.update({f"mem_{k}_bytes": v for k, v in strategy.memory_bytes().items()})
         if _due(step, spec.train.validate_every) or step == spec.train.steps:
             record.update(validate(w, strategy, loss_fn))
+        if failure is not None:
+            record["failure"] = dict(failure, recovery_s=time.time() - failure["detected_at"])
+            failure = None
         metrics.write(record)
-        if _due(step, spec.checkpoint.every_steps) or step == spec.train.steps:
+
+        # ---- checkpoint; act on the controller's directive ------------------------------
+        directive = directives.poll()
+        resize_requested |= directive == Directive.RESIZE
+        at_boundary = _due(step, spec.checkpoint.every_steps) or step == spec.train.steps
+        if at_boundary or directive == Directive.STOP:
             state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
             path = checkpoints.save(state, strategy.save)
             events.write("checkpoint", step=step, path=path.name)
+        if directive == Directive.STOP and step < spec.train.steps:
+            events.write("stopped", step=step)
+            return Outcome.STOPPED
+        if resize_requested and at_boundary and step < spec.train.steps:
+            events.write("resize_boundary", step=step, world_size=w.world_size)
+            return Outcome.RESIZE
+        chaos.after_step(step)
 
     # ---- export the final weights -----------------------------------------------------------
     weights = strategy.full_model_state()
@@ -145,6 +178,7 @@ def train(w: WorkerContext) -> None:
         save_file(tensors, str(w.run_dir / "model.safetensors"))
         events.write("finished", step=step)
     _barrier()
+    return Outcome.FINISHED
 
 
 def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[float, float | None]:

@@ -1,0 +1,65 @@
+"""How a running job is told to stop or resize, and how its workers hear it.
+
+Two files in the run directory:
+    requests.jsonl   appended by `orchestrator scale` / `orchestrator stop`, read by the controller
+    directive.json   written by the controller for the current attempt, read by the workers
+
+Rank 0 reads the directive after every step and shares it with every rank in one
+tiny all-reduce, so all ranks act on the same step.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+REQUESTS_FILE = "requests.jsonl"
+DIRECTIVE_FILE = "directive.json"
+
+
+class Directive(enum.IntEnum):
+    CONTINUE = 0
+    RESIZE = 1  # save a checkpoint at the next checkpoint boundary, then return
+    STOP = 2  # save a checkpoint now, then return
+
+
+def request(run_dir: Path, **fields) -> None:
+    """Append a user request (`workers=N` or `stop=True`) for the controller."""
+    with open(Path(run_dir) / REQUESTS_FILE, "a") as handle:
+        handle.write(json.dumps({**fields, "time": time.time()}) + "\n")
+
+
+def write_directive(run_dir: Path, attempt: int, directive: Directive) -> None:
+    path = Path(run_dir) / DIRECTIVE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"attempt": attempt, "directive": directive.name}))
+    os.replace(tmp, path)
+
+
+class DirectiveReader:
+    """Read on every rank after each step; only rank 0 touches the file."""
+
+    def __init__(self, run_dir: Path, attempt: int, rank: int) -> None:
+        self.path = Path(run_dir) / DIRECTIVE_FILE
+        self.attempt = attempt
+        self.rank = rank
+
+    def poll(self) -> Directive:
+        value = torch.tensor([self._read() if self.rank == 0 else 0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return Directive(int(value))
+
+    def _read(self) -> int:
+        try:
+            content = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return Directive.CONTINUE
+        if content.get("attempt") != self.attempt:
+            return Directive.CONTINUE
+        return Directive[content["directive"]]

@@ -1,0 +1,152 @@
+"""The real worker group: Ray actors we hold ourselves, with warm spares.
+
+Holding the actors (rather than letting a trainer restart the whole group) is what
+makes recovery fast: survivors keep their processes, imports and data; a failed
+worker is replaced by a spare that is already running; a lost node only shrinks
+the group, without waiting for the cluster to notice the node is gone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from orchestrator.elastic.worker import TrainWorker
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Member:
+    actor: Any
+    node_id: str | None = None
+    ready_ref: Any = None  # pending until the actor has started
+
+
+@dataclass
+class AttemptStatus:
+    running: bool
+    outcomes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class RayWorkerGroup:
+    def __init__(self, spec, run_dir: str, data_ref, resources: dict[str, float], threads: int,
+                 reserved_cpus: float) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.data_holder = [data_ref]  # a list, so Ray passes the reference instead of the data
+        self.resources = resources
+        self.threads = threads
+        self.reserved_cpus = reserved_cpus
+        self.members: list[Member] = []  # ready actors
+        self.pending: list[Member] = []  # starting actors
+        self.active: list[Member] = []  # the ranks of the current attempt, in rank order
+        self.futures: list[Any] = []
+        self.suspect_nodes: set[str] = set()
+
+    # ---- membership --------------------------------------------------------------------------
+    def _new_member(self) -> Member:
+        resources = dict(self.resources)
+        options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0),
+                   "resources": resources or None}
+        actor = TrainWorker.options(**options).remote(
+            self.spec, self.run_dir, self.data_holder, self.threads, bool(options["num_gpus"])
+        )
+        return Member(actor=actor, ready_ref=actor.ready.remote())
+
+    def spawn_up_to(self, total: int) -> None:
+        """Start actors until ready + starting reaches `total`, as far as free resources allow."""
+        missing = total - len(self.members) - len(self.pending)
+        for _ in range(min(missing, self.free_slots())):
+            self.pending.append(self._new_member())
+
+    def free_slots(self) -> int:
+        available = ray.available_resources()
+        slots = math.inf
+        for name, need in self.resources.items():
+            have = available.get(name, 0.0) - (self.reserved_cpus if name == "CPU" else 0.0)
+            slots = min(slots, math.floor(have / need + 1e-9) if need else math.inf)
+        return max(0, int(slots)) if slots != math.inf else 0
+
+    def refresh(self, wait_s: float = 0.0) -> int:
+        """Move started actors to the ready pool; returns how many are ready."""
+        if self.pending:
+            refs = [m.ready_ref for m in self.pending]
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+            for member in [m for m in self.pending if m.ready_ref in done]:
+                self.pending.remove(member)
+                try:
+                    member.node_id = ray.get(member.ready_ref)["node_id"]
+                    self.members.append(member)
+                except ray.exceptions.RayError as error:
+                    log.warning("a new worker failed to start: %s", error)
+        return len(self.members)
+
+    def ready_count(self) -> int:
+        return len(self.members)
+
+    # ---- attempts ----------------------------------------------------------------------------
+    def start(self, world_size: int, attempt: int, failure: dict | None) -> None:
+        # Keep surviving ranks first so rank 0 stays where it was when it can.
+        ordered = [m for m in self.active if m in self.members]
+        ordered += [m for m in self.members if m not in ordered]
+        self.active = ordered[:world_size]
+        address = ray.get(self.active[0].actor.rendezvous_address.remote())
+        self.futures = [
+            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure)
+            for rank, member in enumerate(self.active)
+        ]
+
+    def poll(self, timeout_s: float) -> AttemptStatus:
+        done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=timeout_s)
+        errors = []
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                errors.append(error)
+        if errors:
+            return AttemptStatus(running=False, error=_first_line(errors[0]))
+        if pending:
+            return AttemptStatus(running=True)
+        return AttemptStatus(running=False, outcomes=ray.get(self.futures))
+
+    def recover(self, drain_timeout_s: float) -> list[str]:
+        """After a failed attempt: let survivors unwind, drop the actors that are gone.
+        Returns the node ids of the dead actors whose node looks lost as well."""
+        ray.wait(self.futures, num_returns=len(self.futures), timeout=drain_timeout_s)
+        pings = {id(m): m.actor.ready.remote() for m in self.members}
+        ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
+        dead = []
+        for member in list(self.members):
+            try:
+                ray.get(pings[id(member)], timeout=0)
+            except (ray.exceptions.RayError, TimeoutError) as error:
+                log.info("worker on node %s is gone: %s", member.node_id, _first_line(error))
+                dead.append(member)
+        for member in dead:
+            self.members.remove(member)
+            ray.kill(member.actor, no_restart=True)
+        alive_nodes = {m.node_id for m in self.members}
+        lost_nodes = sorted({m.node_id for m in dead} - alive_nodes)
+        self.suspect_nodes.update(lost_nodes)
+        self.futures = []
+        return lost_nodes
+
+    def shutdown(self) -> None:
+        for member in self.members + self.pending:
+            ray.kill(member.actor, no_restart=True)
+        self.members, self.pending, self.active, self.futures = [], [], [], []
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
