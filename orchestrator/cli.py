@@ -117,6 +117,49 @@ def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "
 
 
 @app.command()
+def scale(
+    run_dir: Path = RunDirArgument,
+    workers: int = typer.Option(..., "--workers", help="New worker count, within scaling.workers."),
+) -> None:
+    """Resize a running job; it changes size at its next checkpoint boundary."""
+    from orchestrator.control import request
+    from orchestrator.plan import batch_layout
+
+    spec = _load(run_dir / "job.yaml", None)
+    low, high = spec.scaling.min_workers, spec.scaling.max_workers
+    if not low <= workers <= high:
+        raise _fail(f"--workers {workers} is outside scaling.workers [{low}, {high}]; "
+                    f"resume with --set scaling.workers=[min,max] to widen it", 2)
+    try:
+        batch_layout(spec, workers)
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    _require_running(run_dir)
+    request(run_dir, workers=workers)
+    typer.echo(f"asked {run_dir} to resize to {workers} workers at its next checkpoint")
+
+
+@app.command()
+def stop(run_dir: Path = RunDirArgument) -> None:
+    """Checkpoint a running job and stop it; `orchestrator resume` continues it."""
+    from orchestrator.control import request
+
+    _require_running(run_dir)
+    request(run_dir, stop=True)
+    typer.echo(f"asked {run_dir} to checkpoint and stop")
+
+
+def _require_running(run_dir: Path) -> None:
+    from orchestrator.run_status import read_status
+
+    if not (run_dir / "job.yaml").is_file():
+        raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
+    state = read_status(run_dir)["state"]
+    if state not in ("running", "scheduling", "restarting"):
+        raise _fail(f"{run_dir} is not running (state: {state})", 2)
+
+
+@app.command()
 def logs(
     run_dir: Path = RunDirArgument,
     events: bool = typer.Option(False, "--events", help="Show events (starts, resumes, checkpoints) instead."),

@@ -95,6 +95,8 @@ class Launcher:
     def run(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "job.yaml").write_text(dump_spec(self.spec))
+        (self.run_dir / "driver.pid").write_text(str(os.getpid()))
+        (self.run_dir / "summary.json").unlink(missing_ok=True)  # a resumed run is running again
         started = time.time()
         _say(f"run directory: {self.run_dir}")
         embedded = self._start_ray()
@@ -236,7 +238,7 @@ class Launcher:
     def _write_summary(self, wall_time: float, error: BaseException | None) -> dict:
         summary = summarize(self.run_dir)
         status = "failed" if error else getattr(self, "final_state", "finished")
-        summary.update({"wall_time_s": wall_time, "status": status})
+        summary.update({"wall_time_s": wall_time, "status": status, "time": time.time()})
         if error is not None:
             summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

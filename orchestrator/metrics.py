@@ -61,9 +61,9 @@ def latest_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class JsonlFollower:
     """Reads records appended to a JSON-lines file since the last call."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, from_end: bool = False) -> None:
         self.path = path
-        self.offset = 0
+        self.offset = path.stat().st_size if from_end and path.is_file() else 0
         self.buffer = ""
 
     def poll(self) -> list[dict[str, Any]]:

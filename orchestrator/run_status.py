@@ -15,10 +15,16 @@ def read_status(run_dir: Path) -> dict:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     checkpoints = [p for p in CheckpointManager.list_checkpoints(run_dir) if verify(p) is None]
     last = metrics[-1] if metrics else {}
-    if summary is not None:
+    controller_path = run_dir / "controller.json"
+    controller = json.loads(controller_path.read_text()) if controller_path.is_file() else {}
+    if summary is not None and summary.get("time", 0) >= controller.get("time", 0):
         state = summary["status"]
+    elif controller:
+        state = controller["state"]
+        if state in ("running", "scheduling", "restarting") and not _driver_alive(run_dir):
+            state = "interrupted (resume it)"
     elif events:
-        state = "running or interrupted"
+        state = "interrupted (resume it)"
     else:
         state = "not started"
     return {
@@ -26,7 +32,7 @@ def read_status(run_dir: Path) -> dict:
         "state": state,
         "step": last.get("step", 0),
         "world_size": last.get("world_size"),
-        "restarts": max(0, sum(e["event"] == "started" for e in events) - 1),
+        "restarts": controller.get("failures", max(0, sum(e["event"] == "started" for e in events) - 1)),
         "last_checkpoint": checkpoints[-1].name if checkpoints else None,
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
@@ -35,3 +41,19 @@ def read_status(run_dir: Path) -> dict:
 
 def render_status(state: dict) -> str:
     return "\n".join(f"{key:16} {value}" for key, value in state.items())
+
+
+def _driver_alive(run_dir: Path) -> bool:
+    """Whether the `orchestrator launch` process that owns the run is still there."""
+    import os
+
+    pid_file = run_dir / "driver.pid"
+    if not pid_file.is_file():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -117,6 +117,10 @@ class TrainSection(Section):
     deterministic: bool = Field(True, description="Deterministic kernels (slower on GPU).")
     validate_every: int = Field(0, ge=0, description="Validate every N steps (0: only at the end).")
     log_every: int = Field(10, gt=0, description="Progress line every N steps when not on a terminal.")
+    audit_samples: bool = Field(
+        False, description="Write the sample ids each rank trains on to RUN_DIR/samples/ "
+        "(to check that every sample of an epoch is used exactly once)."
+    )
 
 
 class ScalingSection(Section):

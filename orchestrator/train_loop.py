@@ -184,6 +184,8 @@ def train(w: WorkerContext) -> str:
 def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[float, float | None]:
     """One optimizer step over this rank's share of the global batch."""
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
+    if w.spec.train.audit_samples:
+        _audit(w, step + 1, ids, strategy.dp_rank)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of micro-batch losses, count]
     micro_batches = np.split(ids, layout.accumulation)
     for i, micro_ids in enumerate(micro_batches):
@@ -232,6 +234,15 @@ def _batch(w: WorkerContext, split, ids: np.ndarray) -> tuple[torch.Tensor, torc
     inputs = torch.from_numpy(split.inputs[ids]).to(w.device, non_blocking=True)
     targets = torch.from_numpy(split.targets[ids]).to(w.device, non_blocking=True)
     return inputs, targets
+
+
+def _audit(w: WorkerContext, step: int, ids: np.ndarray, dp_rank: int) -> None:
+    folder = w.run_dir / "samples"
+    folder.mkdir(exist_ok=True)
+    record = {"step": step, "rank": w.rank, "dp_rank": dp_rank, "world_size": w.world_size, "attempt": w.attempt,
+              "ids": ids.tolist()}
+    with open(folder / f"rank{w.rank}.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def _due(step: int, every: int) -> bool:

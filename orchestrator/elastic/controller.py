@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.control import REQUESTS_FILE, Directive, write_directive
+from orchestrator.control import DIRECTIVE_FILE, REQUESTS_FILE, Directive, write_directive
 from orchestrator.elastic.policies import Fail, FailurePolicy, Resize, ScalingPolicy
 from orchestrator.metrics import METRICS_FILE, EventLog, JsonlFollower, read_jsonl
 
@@ -71,7 +71,9 @@ class ElasticController:
         self.startup_timeout_s = startup_timeout_s
         self.clock = clock
         self.events = EventLog(self.run_dir)
-        self.requests = JsonlFollower(self.run_dir / REQUESTS_FILE)
+        # Requests and directives left by an earlier run of this directory are history.
+        self.requests = JsonlFollower(self.run_dir / REQUESTS_FILE, from_end=True)
+        (self.run_dir / DIRECTIVE_FILE).unlink(missing_ok=True)
 
         self.state = State.SCHEDULING
         self.attempt = 0

@@ -1,0 +1,200 @@
+"""The elastic controller stepped by hand against a fake worker group: no Ray.
+
+Exercised by: pytest tests/test_elastic_controller.py
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.control import Directive, request
+from orchestrator.elastic.controller import ElasticController, State
+from orchestrator.elastic.group import AttemptStatus
+from orchestrator.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeGroup:
+    """Ready workers are a number; the test decides what each poll returns."""
+
+    def __init__(self, ready: int, clock: FakeClock):
+        self.ready = ready
+        self.clock = clock
+        self.starting = 0  # become ready on the next refresh
+        self.capacity = 100  # how many actors the cluster could host
+        self.started: list[tuple[int, int, dict | None]] = []
+        self.status = AttemptStatus(running=True)
+        self.lost_on_recover: list[str] = []
+        self.dead_on_recover = 0
+
+    def spawn_up_to(self, total):
+        self.starting = max(0, min(total, self.capacity) - self.ready)
+
+    def refresh(self, wait_s=0.0):
+        self.clock.now += wait_s
+        self.ready += self.starting
+        self.starting = 0
+        return self.ready
+
+    def ready_count(self):
+        return self.ready
+
+    def start(self, world_size, attempt, failure):
+        self.started.append((world_size, attempt, failure))
+
+    def poll(self, timeout_s):
+        self.clock.now += timeout_s
+        return self.status
+
+    def recover(self, drain_timeout_s):
+        self.ready -= self.dead_on_recover
+        self.capacity -= self.dead_on_recover if self.lost_on_recover else 0
+        return self.lost_on_recover
+
+    def shutdown(self):
+        pass
+
+
+def make(tmp_path, ready=3, min_workers=1, max_workers=2, spares=1, max_failures=2, valid=lambda n: True):
+    clock = FakeClock()
+    group = FakeGroup(ready, clock)
+    controller = ElasticController(
+        group, tmp_path, FailurePolicy(max_failures), ScalingPolicy(min_workers, max_workers, valid),
+        spares=spares, replace_timeout_s=10.0, clock=clock,
+    )
+    return controller, group, clock
+
+
+def run_until(controller, state, limit=200):
+    for _ in range(limit):
+        if controller.step() == state:
+            return
+    raise AssertionError(f"never reached {state}; at {controller.state}")
+
+
+def events(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+
+
+def directive(tmp_path):
+    return json.loads((tmp_path / "directive.json").read_text())["directive"]
+
+
+def test_policies_decide_only():
+    policy = FailurePolicy(max_failures=2)
+    assert isinstance(policy.decide(2), Restart) and "failure 2 of max 2" in policy.decide(2).reason
+    assert isinstance(policy.decide(3), Fail)
+    scaling = ScalingPolicy(1, 4, valid=lambda n: n != 3)
+    assert scaling.best(capacity=3) == 2  # 3 workers cannot split the batch
+    assert scaling.best(capacity=10, requested=1) == 1
+    assert scaling.best(capacity=0) is None
+    assert isinstance(scaling.decide(current=2, capacity=4), Resize)
+    assert isinstance(scaling.decide(current=4, capacity=9), Noop)
+
+
+def test_a_failed_worker_is_replaced_by_a_spare_at_the_same_size(tmp_path):
+    controller, group, clock = make(tmp_path, ready=3)
+    run_until(controller, State.RUNNING)
+    assert group.started[-1][:2] == (2, 1)
+    group.status = AttemptStatus(running=False, error="Connection closed by peer")
+    group.dead_on_recover = 1
+    assert controller.step() == State.RESTARTING
+    run_until(controller, State.RUNNING)
+    world_size, attempt, failure = group.started[-1]
+    assert (world_size, attempt) == (2, 2)
+    assert failure["world_size_before"] == 2 and failure["world_size_after"] == 2
+    assert failure["detected_at"] <= clock.now
+    assert [e["event"] for e in events(tmp_path)].count("failure") == 1
+
+
+def test_a_lost_node_shrinks_the_group_without_waiting(tmp_path):
+    controller, group, clock = make(tmp_path, ready=2, spares=0)
+    group.capacity = 2  # two nodes, one worker each
+    run_until(controller, State.RUNNING)
+    group.status = AttemptStatus(running=False, error="Connection closed by peer")
+    group.dead_on_recover, group.lost_on_recover = 1, ["node-b"]
+    controller.step()
+    detected = clock.now
+    run_until(controller, State.RUNNING)
+    assert group.started[-1][0] == 1
+    assert clock.now - detected < 1.0  # no replacement timeout was waited out
+
+
+def test_a_lost_worker_without_spare_is_waited_for_then_the_group_shrinks(tmp_path):
+    controller, group, clock = make(tmp_path, ready=2, spares=0)
+    run_until(controller, State.RUNNING)
+    group.status = AttemptStatus(running=False, error="worker died")
+    group.dead_on_recover, group.capacity = 1, 1  # no room for a replacement
+    controller.step()
+    detected = clock.now
+    run_until(controller, State.RUNNING)
+    assert group.started[-1][0] == 1
+    assert clock.now - detected >= 10.0  # failure.replace_timeout_s
+
+
+def test_failures_beyond_the_maximum_end_the_run(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=1)
+    run_until(controller, State.RUNNING)
+    group.status = AttemptStatus(running=False, error="boom")
+    controller.step()
+    run_until(controller, State.RUNNING)
+    assert controller.step() == State.ERRORED
+    assert "exceeds failure.max_failures 1" in controller.error
+
+
+def test_the_group_grows_back_at_a_checkpoint_boundary(tmp_path):
+    controller, group, _ = make(tmp_path, ready=1, spares=0)
+    group.capacity = 1
+    controller.startup_timeout_s = 5.0
+    run_until(controller, State.RUNNING)
+    assert group.started[-1][0] == 1
+    group.capacity = 2  # a node came back
+    controller.step()
+    controller.step()
+    assert directive(tmp_path) == Directive.RESIZE.name
+    group.status = AttemptStatus(running=False, outcomes=["resize"])
+    controller.step()
+    group.status = AttemptStatus(running=True)
+    run_until(controller, State.RUNNING)
+    assert group.started[-1][:2] == (2, 2)
+
+
+def test_scale_and_stop_requests_become_directives(tmp_path):
+    controller, group, _ = make(tmp_path, ready=3, max_workers=2)
+    run_until(controller, State.RUNNING)
+    request(tmp_path, workers=7)  # outside [1, 2]: refused, logged
+    controller.step()
+    assert "scale_refused" in [e["event"] for e in events(tmp_path)]
+    request(tmp_path, workers=1)
+    controller.step()
+    assert directive(tmp_path) == "RESIZE"
+    request(tmp_path, stop=True)
+    controller.step()
+    assert directive(tmp_path) == "STOP"
+    group.status = AttemptStatus(running=False, outcomes=["stopped"])
+    assert controller.step() == State.STOPPED
+
+
+def test_too_few_workers_is_an_error_naming_the_range(tmp_path):
+    controller, group, _ = make(tmp_path, ready=0, min_workers=2, spares=0)
+    group.capacity = 1
+    controller.startup_timeout_s = 3.0
+    run_until(controller, State.ERRORED)
+    assert "at least 2" in controller.error
+
+
+@pytest.mark.parametrize("outcome,state", [("finished", State.FINISHED), ("stopped", State.STOPPED)])
+def test_terminal_outcomes(tmp_path, outcome, state):
+    controller, group, _ = make(tmp_path)
+    run_until(controller, State.RUNNING)
+    group.status = AttemptStatus(running=False, outcomes=[outcome, outcome])
+    assert controller.step() == state
+    assert json.loads((tmp_path / "controller.json").read_text())["state"] == state.value
