@@ -26,6 +26,11 @@ class Directive(enum.IntEnum):
     CONTINUE = 0
     RESIZE = 1  # save a checkpoint at the next checkpoint boundary, then return
     STOP = 2  # save a checkpoint now, then return
+    ABANDON = 3  # another driver owns the run now (this one died): write nothing more
+
+
+class RunTakenOver(RuntimeError):
+    """Raised on workers of a driver that died once a new driver has taken the run."""
 
 
 def request(run_dir: Path, **fields) -> None:
@@ -34,18 +39,20 @@ def request(run_dir: Path, **fields) -> None:
         handle.write(json.dumps({**fields, "time": time.time()}) + "\n")
 
 
-def write_directive(run_dir: Path, attempt: int, directive: Directive) -> None:
+def write_directive(run_dir: Path, owner: str, attempt: int, directive: Directive) -> None:
+    """`owner` identifies the driver; workers of any other driver abandon the run."""
     path = Path(run_dir) / DIRECTIVE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"attempt": attempt, "directive": directive.name}))
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"owner": owner, "attempt": attempt, "directive": directive.name}))
     os.replace(tmp, path)
 
 
 class DirectiveReader:
     """Read on every rank after each step; only rank 0 touches the file."""
 
-    def __init__(self, run_dir: Path, attempt: int, rank: int) -> None:
+    def __init__(self, run_dir: Path, owner: str | None, attempt: int, rank: int) -> None:
         self.path = Path(run_dir) / DIRECTIVE_FILE
+        self.owner = owner
         self.attempt = attempt
         self.rank = rank
 
@@ -60,6 +67,8 @@ class DirectiveReader:
             content = json.loads(self.path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return Directive.CONTINUE
+        if self.owner is not None and content.get("owner") != self.owner:
+            return Directive.ABANDON
         if content.get("attempt") != self.attempt:
             return Directive.CONTINUE
         return Directive[content["directive"]]

@@ -98,6 +98,7 @@ class Launcher:
         (self.run_dir / "driver.pid").write_text(str(os.getpid()))
         (self.run_dir / "summary.json").unlink(missing_ok=True)  # a resumed run is running again
         started = time.time()
+        _log_to_file(self.run_dir / "controller.log")
         _say(f"run directory: {self.run_dir}")
         embedded = self._start_ray()
         try:
@@ -268,6 +269,15 @@ def summarize(run_dir: Path) -> dict:
     if (run_dir / "model.safetensors").is_file():
         summary["weights"] = "model.safetensors"
     return summary
+
+
+def _log_to_file(path: Path) -> None:
+    """The driver's own decisions (restarts, resizes) go to RUN_DIR/controller.log."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("orchestrator")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
 
 
 def _say(message: str) -> None:

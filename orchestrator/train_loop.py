@@ -24,7 +24,7 @@ import models
 import strategies
 from orchestrator.chaos import Chaos
 from orchestrator.checkpoint import CheckpointManager, TrainerState
-from orchestrator.control import Directive, DirectiveReader
+from orchestrator.control import Directive, DirectiveReader, RunTakenOver
 from orchestrator.data import GlobalBatchSampler, PreparedData
 from orchestrator.metrics import EventLog, MetricsLog
 from orchestrator.optim import build_optimizer, build_scheduler
@@ -44,6 +44,7 @@ class WorkerContext:
     # The failure this attempt recovers from, as the controller saw it; attached to
     # the first step record so metrics.jsonl shows detection, recovery and redone steps.
     failure: dict[str, Any] | None = None
+    owner: str | None = None  # the driver this attempt belongs to (elastic backend)
 
 
 class Outcome:
@@ -121,7 +122,7 @@ def train(w: WorkerContext) -> str:
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
     metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
     loss_fn = loss_function(w.data.task)
-    directives = DirectiveReader(w.run_dir, w.attempt, w.rank)
+    directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank)
     chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
     failure = dict(w.failure, steps_redone=w.failure["last_step"] - step) if w.failure else None
     resize_requested = False
@@ -133,6 +134,9 @@ def train(w: WorkerContext) -> str:
         loss, grad_norm = train_step(w, strategy, sampler, layout, loss_fn, step)
         step += 1
         elapsed = time.perf_counter() - started
+        directive = directives.poll()
+        if directive == Directive.ABANDON:
+            raise RunTakenOver(f"{w.run_dir} is owned by a newer driver; this attempt stops")
         record = {
             "step": step,
             "loss": loss,
@@ -154,7 +158,6 @@ def train(w: WorkerContext) -> str:
         metrics.write(record)
 
         # ---- checkpoint; act on the controller's directive ------------------------------
-        directive = directives.poll()
         resize_requested |= directive == Directive.RESIZE
         at_boundary = _due(step, spec.checkpoint.every_steps) or step == spec.train.steps
         if at_boundary or directive == Directive.STOP:

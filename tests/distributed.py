@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import queue as queue_module
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +21,10 @@ from orchestrator.data import PreparedData
 from orchestrator.spec import JobSpec, spec_from_dict
 
 PROCESS_TIMEOUT_S = 240
+
+
+class WorkerKilled(RuntimeError):
+    """A worker process died without reporting (SIGKILL, as chaos does)."""
 
 
 def free_port() -> int:
@@ -56,17 +62,27 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
     for process in processes:
         process.start()
     results: dict[int, Any] = {}
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
     try:
-        for _ in processes:
-            rank, status, value = queue.get(timeout=PROCESS_TIMEOUT_S)
+        while len(results) < world_size:
+            try:
+                rank, status, value = queue.get(timeout=0.2)
+            except queue_module.Empty:
+                killed = [r for r, p in enumerate(processes) if p.exitcode not in (None, 0) and r not in results]
+                if killed:
+                    raise WorkerKilled(f"rank {killed[0]} died with exit code {processes[killed[0]].exitcode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"workers did not finish in {PROCESS_TIMEOUT_S} s")
+                continue
             if status == "error":
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
             results[rank] = value
     finally:
         for process in processes:
-            process.join(timeout=10)
+            process.join(timeout=0 if results.keys() != set(range(world_size)) else 10)
             if process.is_alive():
                 process.kill()
+                process.join()
     return [results[rank] for rank in range(world_size)]
 
 
@@ -87,6 +103,35 @@ def train_in_processes(spec: JobSpec, data: PreparedData, world_size: int, run_d
     run_dir.mkdir(parents=True, exist_ok=True)
     run_processes(_train_rank, world_size, spec, data, str(run_dir))
     return read_metrics(run_dir)
+
+
+def train_with_restarts(spec: JobSpec, data: PreparedData, world_sizes: list[int], run_dir: Path) -> int:
+    """Train like the controller does: whenever a worker dies, start every rank again
+    (from the newest valid checkpoint), at the next world size in `world_sizes`.
+    Returns the number of restarts."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for restarts, world_size in enumerate(world_sizes):
+        try:
+            run_processes(_train_rank, world_size, spec, data, str(run_dir))
+            return restarts
+        except (WorkerKilled, RuntimeError):  # a rank was killed, or saw its peer go
+            if restarts == len(world_sizes) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -47,7 +47,7 @@ class FakeGroup:
     def ready_count(self):
         return self.ready
 
-    def start(self, world_size, attempt, failure):
+    def start(self, world_size, attempt, failure, owner):
         self.started.append((world_size, attempt, failure))
 
     def poll(self, timeout_s):

@@ -14,10 +14,11 @@ import enum
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.control import DIRECTIVE_FILE, REQUESTS_FILE, Directive, write_directive
+from orchestrator.control import REQUESTS_FILE, Directive, write_directive
 from orchestrator.elastic.policies import Fail, FailurePolicy, Resize, ScalingPolicy
 from orchestrator.metrics import METRICS_FILE, EventLog, JsonlFollower, read_jsonl
 
@@ -40,7 +41,7 @@ class WorkerGroup(Protocol):
     def spawn_up_to(self, total: int) -> None: ...
     def refresh(self, wait_s: float = 0.0) -> int: ...
     def ready_count(self) -> int: ...
-    def start(self, world_size: int, attempt: int, failure: dict | None) -> None: ...
+    def start(self, world_size: int, attempt: int, failure: dict | None, owner: str) -> None: ...
     def poll(self, timeout_s: float): ...
     def recover(self, drain_timeout_s: float) -> list[str]: ...
     def shutdown(self) -> None: ...
@@ -71,9 +72,12 @@ class ElasticController:
         self.startup_timeout_s = startup_timeout_s
         self.clock = clock
         self.events = EventLog(self.run_dir)
-        # Requests and directives left by an earlier run of this directory are history.
+        # Requests left by an earlier run of this directory are history; the directive
+        # file is claimed for this driver, which makes any orphaned workers of a dead
+        # driver stop writing (see Directive.ABANDON).
         self.requests = JsonlFollower(self.run_dir / REQUESTS_FILE, from_end=True)
-        (self.run_dir / DIRECTIVE_FILE).unlink(missing_ok=True)
+        self.owner = uuid.uuid4().hex
+        write_directive(self.run_dir, self.owner, 0, Directive.CONTINUE)
 
         self.state = State.SCHEDULING
         self.attempt = 0
@@ -134,7 +138,7 @@ class ElasticController:
         self._record("attempt", attempt=self.attempt, world_size=target, previous=self.world_size)
         self.world_size = target
         self.directive = Directive.CONTINUE
-        self.group.start(target, self.attempt, self.pending_failure)
+        self.group.start(target, self.attempt, self.pending_failure, self.owner)
         self.pending_failure = None
         return State.RUNNING
 
@@ -221,7 +225,7 @@ class ElasticController:
         if directive <= self.directive:
             return
         self.directive = directive
-        write_directive(self.run_dir, self.attempt, directive)
+        write_directive(self.run_dir, self.owner, self.attempt, directive)
         self._record("directive", directive=directive.name, reason=reason)
 
     # ---- bookkeeping ----------------------------------------------------------------------

@@ -64,8 +64,12 @@ class RayWorkerGroup:
     def spawn_up_to(self, total: int) -> None:
         """Start actors until ready + starting reaches `total`, as far as free resources allow."""
         missing = total - len(self.members) - len(self.pending)
-        for _ in range(min(missing, self.free_slots())):
+        slots = self.free_slots() if missing > 0 else 0
+        for _ in range(min(missing, slots)):
             self.pending.append(self._new_member())
+        if missing > 0:
+            log.info("workers: %d ready, %d starting, %d missing, %d free slots",
+                     len(self.members), len(self.pending), missing, slots)
 
     def free_slots(self) -> int:
         available = ray.available_resources()
@@ -93,14 +97,14 @@ class RayWorkerGroup:
         return len(self.members)
 
     # ---- attempts ----------------------------------------------------------------------------
-    def start(self, world_size: int, attempt: int, failure: dict | None) -> None:
+    def start(self, world_size: int, attempt: int, failure: dict | None, owner: str) -> None:
         # Keep surviving ranks first so rank 0 stays where it was when it can.
         ordered = [m for m in self.active if m in self.members]
         ordered += [m for m in self.members if m not in ordered]
         self.active = ordered[:world_size]
         address = ray.get(self.active[0].actor.rendezvous_address.remote())
         self.futures = [
-            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure)
+            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner)
             for rank, member in enumerate(self.active)
         ]
 

@@ -44,7 +44,7 @@ class TrainWorker:
             return ip, sock.getsockname()[1]
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
-                    failure: dict | None) -> str:
+                    failure: dict | None, owner: str) -> str:
         import torch.distributed as dist
 
         from orchestrator.train_loop import WorkerContext, train
@@ -58,6 +58,7 @@ class TrainWorker:
             context = WorkerContext(
                 spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
                 world_size=world_size, device=self.device, attempt=attempt, failure=failure,
+                owner=owner,
             )
             return train(context)
         finally:
