@@ -157,3 +157,33 @@ def json_job() -> dict:
     import yaml
 
     return yaml.safe_load(JOB.read_text())
+
+
+def test_scale_then_stop_then_resume_a_running_job(tmp_path):
+    args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(tmp_path)]
+    for override in ("train.steps=3000", "checkpoint.every_steps=10", "scaling.workers=[1,2]"):
+        args += ["--set", override]
+    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(tmp_path, 5, driver)
+        refused = subprocess.run([sys.executable, "-m", "orchestrator.cli", "scale", str(tmp_path), "--workers", "3"],
+                                 capture_output=True, text=True, cwd=ROOT)
+        assert refused.returncode == 2 and "scaling.workers" in refused.stderr
+        orchestrator("scale", str(tmp_path), "--workers", "1")
+        deadline = time.monotonic() + 120
+        while not any(r["world_size"] == 1 for r in read_jsonl(tmp_path / "metrics.jsonl")):
+            assert time.monotonic() < deadline and driver.poll() is None
+            time.sleep(0.05)
+        orchestrator("stop", str(tmp_path))
+        assert driver.wait(timeout=120) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] < 3000
+    stopped_at = summary["steps"]
+    assert json.loads(orchestrator("status", str(tmp_path), "--json").stdout)["last_checkpoint"] == f"step_{stopped_at:08d}"
+
+    orchestrator("resume", str(tmp_path), "--set", f"train.steps={stopped_at + 20}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == stopped_at + 20
