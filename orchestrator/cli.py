@@ -154,6 +154,8 @@ def _require_running(run_dir: Path) -> None:
 
     if not (run_dir / "job.yaml").is_file():
         raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
+    if _load(run_dir / "job.yaml", None).scaling.backend != "elastic":
+        raise _fail("scale and stop need scaling.backend: elastic (this run uses ray_train)", 2)
     state = read_status(run_dir)["state"]
     if state not in ("running", "scheduling", "restarting"):
         raise _fail(f"{run_dir} is not running (state: {state})", 2)

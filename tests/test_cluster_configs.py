@@ -1,0 +1,327 @@
+"""The cluster recipes in cluster/ stay usable: the `ray up` configs pass Ray's own
+autoscaler schema, the KubeRay manifest has the RayCluster fields the operator reads,
+and the SLURM script parses. Each check is also shown to reject a broken copy.
+
+Offline and fast: nothing is launched, no cloud API is called.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+VM_CONFIGS = ["aws.yaml", "gcp.yaml"]
+TORCH_PIN = "torch==2.13.0"
+
+
+def _project_pin(name: str) -> str:
+    """The version pyproject.toml pins `name` to, e.g. '2.60.0' for ray."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in dependencies:
+        match = re.fullmatch(rf"{name}(\[[^\]]*\])?==(\S+)", requirement.replace(" ", ""))
+        if match:
+            return match.group(2)
+    raise AssertionError(f"pyproject.toml does not pin {name}")
+
+
+def _load(name: str):
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+# ---- ray up configs (AWS, GCP) ------------------------------------------------------------
+
+def ray_schema_errors(config: dict) -> list[str]:
+    """What `ray up` would reject before launching anything: Ray's defaults merged in,
+    then Ray's autoscaler JSON schema (ray/autoscaler/ray-schema.json) and its checks."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        validate_config(prepare_config(copy.deepcopy(config)))
+    except (jsonschema.ValidationError, ValueError, KeyError, AssertionError) as error:
+        return [f"{type(error).__name__}: {str(error).splitlines()[0]}"]
+    return []
+
+
+def _is_gpu_node_type(node_type: dict) -> bool:
+    node_config = node_type.get("node_config", {})
+    family = node_config.get("InstanceType", "").split(".")[0]
+    return (
+        node_type.get("resources", {}).get("GPU", 0) > 0
+        or bool(node_config.get("guestAccelerators"))
+        or family[:1] in ("g", "p")  # AWS GPU families: g4dn, g5, g6, p4d, p5, ...
+    )
+
+
+def vm_config_problems(config: dict) -> list[str]:
+    """What orchestrator needs from a cluster beyond Ray's schema."""
+    problems = []
+    node_types = config.get("available_node_types", {})
+    head = config.get("head_node_type")
+    workers = {name: spec for name, spec in node_types.items() if name != head}
+    if not any(_is_gpu_node_type(spec) for spec in workers.values()):
+        problems.append("no GPU worker group")
+    if not any(not _is_gpu_node_type(spec) for spec in workers.values()):
+        problems.append("no CPU worker group")
+    for name, spec in workers.items():
+        if spec.get("min_workers", 0) > spec.get("max_workers", config.get("max_workers", 0)):
+            problems.append(f"{name}: min_workers > max_workers")
+
+    setup = config.get("setup_commands", [])
+    for command in setup:
+        for version in re.findall(r"\btorch(==[0-9][\w.+]*)?", command):
+            if "torch" + version != TORCH_PIN:
+                problems.append(f"setup_commands: torch not pinned to {TORCH_PIN}: {command!r}")
+    torch_at = [i for i, c in enumerate(setup) if TORCH_PIN in c and "pip install" in c]
+    project_at = [i for i, c in enumerate(setup) if "pip install" in c and "orchestrator" in c]
+    if not torch_at or not project_at:
+        problems.append("setup_commands must install torch==2.13.0 and orchestrator")
+    elif torch_at[0] > project_at[0]:
+        problems.append("setup_commands install orchestrator before torch==2.13.0")
+    ray_pin = f"ray[default]=={_project_pin('ray')}"
+    if not any(ray_pin in c for c in setup):
+        problems.append(f"setup_commands do not install {ray_pin}")
+    if not any("mount" in c and "/mnt/shared" in c for c in setup):
+        problems.append("setup_commands do not mount the shared run storage at /mnt/shared")
+
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config.get(key, []) if "ray start" in c]
+        if not starts or not all("RAY_AUTH_MODE=token" in c for c in starts):
+            problems.append(f"{key}: `ray start` without RAY_AUTH_MODE=token")
+    mounts = config.get("file_mounts") or {}
+    if not any(remote.endswith(".ray/auth_token") for remote in mounts):
+        problems.append("file_mounts do not copy the auth token to the nodes")
+    return problems
+
+
+@pytest.mark.parametrize("name", VM_CONFIGS)
+def test_vm_config_passes_ray_autoscaler_schema(name):
+    assert ray_schema_errors(_load(name)) == []
+
+
+@pytest.mark.parametrize("name", VM_CONFIGS)
+def test_vm_config_has_what_orchestrator_needs(name):
+    assert vm_config_problems(_load(name)) == []
+
+
+def _misspell_min_workers(config):
+    config["available_node_types"]["cpu_worker"]["min_worker"] = config["available_node_types"][
+        "cpu_worker"
+    ].pop("min_workers")
+
+
+def _drop_resources(config):
+    del config["available_node_types"]["gpu_worker"]["resources"]
+
+
+def _unknown_head_type(config):
+    config["head_node_type"] = "no_such_type"
+
+
+def _text_max_workers(config):
+    config["max_workers"] = "eight"
+
+
+def _unknown_top_level_key(config):
+    config["setup_command"] = config.pop("setup_commands")
+
+
+def _min_over_global_max(config):
+    config["available_node_types"]["cpu_worker"]["min_workers"] = config["max_workers"] + 1
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [_misspell_min_workers, _drop_resources, _unknown_head_type, _text_max_workers,
+     _unknown_top_level_key, _min_over_global_max],
+)
+def test_ray_schema_check_rejects_a_broken_config(breakage):
+    config = _load("aws.yaml")
+    breakage(config)
+    assert ray_schema_errors(config)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda c: c["available_node_types"].pop("gpu_worker"),
+        lambda c: c["setup_commands"].reverse(),  # orchestrator before torch
+        lambda c: c["setup_commands"].insert(0, "pip install torch"),
+        lambda c: c["worker_start_ray_commands"].__setitem__(
+            1, "ray start --address=$RAY_HEAD_IP:6379"
+        ),
+        lambda c: c.__setitem__("file_mounts", {}),
+    ],
+    ids=["no-gpu-group", "torch-after-project", "unpinned-torch", "no-token-mode", "no-token"],
+)
+def test_requirement_check_rejects_a_broken_config(breakage):
+    config = _load("gcp.yaml")
+    breakage(config)
+    assert vm_config_problems(config)
+
+
+# ---- KubeRay RayCluster -------------------------------------------------------------------
+
+WORKER_GROUP_KEYS = ("groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template")
+
+
+def _pod_problems(where: str, template, claims: set[str]) -> list[str]:
+    problems = []
+    spec = (template or {}).get("spec") or {}
+    containers = spec.get("containers") or []
+    if not containers or not all(c.get("name") and c.get("image") for c in containers):
+        return [f"{where}.template.spec.containers: each needs a name and an image"]
+    ray = containers[0]  # KubeRay runs Ray in the first container
+    env = {e.get("name"): e for e in ray.get("env") or []}
+    if env.get("RAY_AUTH_MODE", {}).get("value") != "token" or "RAY_AUTH_TOKEN" not in env:
+        problems.append(f"{where}: container needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN")
+    shared = {v["name"] for v in spec.get("volumes") or []
+              if (v.get("persistentVolumeClaim") or {}).get("claimName") in claims}
+    mounts = {m.get("name"): m.get("mountPath") for m in ray.get("volumeMounts") or []}
+    if not any(mounts.get(name) == "/mnt/shared" for name in shared):
+        problems.append(f"{where}: the shared claim is not mounted at /mnt/shared")
+    return problems
+
+
+def raycluster_problems(documents: list) -> list[str]:
+    """The fields of a ray.io/v1 RayCluster that KubeRay reads, and what orchestrator needs."""
+    clusters = [d for d in documents if d and d.get("kind") == "RayCluster"]
+    if len(clusters) != 1:
+        return [f"expected one RayCluster, found {len(clusters)}"]
+    cluster = clusters[0]
+    problems = []
+    if cluster.get("apiVersion") != "ray.io/v1":
+        problems.append(f"apiVersion {cluster.get('apiVersion')!r}, expected 'ray.io/v1'")
+    if not (cluster.get("metadata") or {}).get("name"):
+        problems.append("metadata.name missing")
+    spec = cluster.get("spec") or {}
+    if spec.get("rayVersion") != _project_pin("ray"):
+        problems.append(f"spec.rayVersion {spec.get('rayVersion')!r} differs from the project's ray pin")
+    claims = {
+        d["metadata"]["name"]
+        for d in documents
+        if d and d.get("kind") == "PersistentVolumeClaim"
+        and "ReadWriteMany" in (d.get("spec") or {}).get("accessModes", [])
+    }
+    if not claims:
+        problems.append("no ReadWriteMany PersistentVolumeClaim for the shared run directory")
+
+    def start_params(where, params):
+        if not isinstance(params, dict):
+            return [f"{where}.rayStartParams must be a mapping"]
+        return [f"{where}.rayStartParams.{k}: values are strings" for k, v in params.items()
+                if not isinstance(v, str)]
+
+    head = spec.get("headGroupSpec") or {}
+    if "rayStartParams" not in head or "template" not in head:
+        problems.append("headGroupSpec needs rayStartParams and template")
+    else:
+        problems += start_params("headGroupSpec", head["rayStartParams"])
+        problems += _pod_problems("headGroupSpec", head["template"], claims)
+
+    groups = spec.get("workerGroupSpecs") or []
+    if not groups:
+        problems.append("no workerGroupSpecs")
+    names = [g.get("groupName") for g in groups]
+    if len(set(names)) != len(names):
+        problems.append("workerGroupSpecs: groupName values must be unique")
+    gpu_groups = 0
+    for index, group in enumerate(groups):
+        where = f"workerGroupSpecs[{index}]"
+        missing = [k for k in WORKER_GROUP_KEYS if k not in group]
+        if missing:
+            problems.append(f"{where} misses {missing}")
+            continue
+        counts = [group[k] for k in ("minReplicas", "replicas", "maxReplicas")]
+        if not all(isinstance(c, int) for c in counts) or not counts[0] <= counts[1] <= counts[2]:
+            problems.append(f"{where}: needs minReplicas <= replicas <= maxReplicas, got {counts}")
+        problems += start_params(where, group["rayStartParams"])
+        problems += _pod_problems(where, group["template"], claims)
+        containers = (group["template"].get("spec") or {}).get("containers") or [{}]
+        limits = (containers[0].get("resources") or {}).get("limits") or {}
+        gpu_groups += int(limits.get("nvidia.com/gpu", 0)) > 0
+    if not gpu_groups:
+        problems.append("no worker group with an nvidia.com/gpu limit")
+    return problems
+
+
+def _kuberay_documents():
+    return list(yaml.safe_load_all((CLUSTER / "kuberay.yaml").read_text()))
+
+
+def test_kuberay_manifest_is_a_usable_raycluster():
+    assert raycluster_problems(_kuberay_documents()) == []
+
+
+def _cluster(documents):
+    return next(d for d in documents if d and d.get("kind") == "RayCluster")
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: _cluster(d).__setitem__("apiVersion", "ray.io/v1alpha1"),
+        lambda d: _cluster(d)["spec"]["workerGroupSpecs"][0].pop("groupName"),
+        lambda d: _cluster(d)["spec"]["headGroupSpec"].pop("rayStartParams"),
+        lambda d: _cluster(d)["spec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 0),
+        lambda d: _cluster(d)["spec"]["workerGroupSpecs"][0].__setitem__("minReplicas", 99),
+        lambda d: _cluster(d)["spec"]["workerGroupSpecs"].pop(),  # the GPU group
+        lambda d: d.pop(0),  # the shared claim
+        lambda d: _cluster(d)["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].pop("env"),
+    ],
+    ids=["api-version", "group-name", "head-start-params", "non-string-param", "replica-bounds",
+         "no-gpu-group", "no-shared-claim", "no-token"],
+)
+def test_raycluster_check_rejects_a_broken_manifest(breakage):
+    documents = copy.deepcopy(_kuberay_documents())
+    breakage(documents)
+    assert raycluster_problems(documents)
+
+
+# ---- SLURM ---------------------------------------------------------------------------------
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _bash_syntax_error(path: Path) -> str:
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=10)
+    return "" if result.returncode == 0 else result.stderr.strip() or f"bash -n exit {result.returncode}"
+
+
+@needs_bash
+def test_slurm_script_parses():
+    assert _bash_syntax_error(CLUSTER / "slurm.sh") == ""
+
+
+@needs_bash
+def test_bash_syntax_check_rejects_a_broken_script(tmp_path):
+    broken = tmp_path / "slurm.sh"
+    broken.write_text((CLUSTER / "slurm.sh").read_text().rstrip().removesuffix("fi") + "\n")
+    assert _bash_syntax_error(broken)
+
+
+def test_slurm_script_starts_ray_with_token_auth_and_launches_on_shared_storage():
+    script = (CLUSTER / "slurm.sh").read_text()
+    assert script.startswith("#!/bin/bash\n")
+    assert re.search(r"^#SBATCH --nodes=\d+$", script, re.M)
+    assert "ray start --head" in script and "ray start --address=" in script
+    assert "export RAY_AUTH_MODE=token" in script and "export RAY_AUTH_TOKEN" in script
+    launch = re.search(r"^\s*orchestrator launch (.*)$", script, re.M)
+    assert launch, "no `orchestrator launch` line"
+    assert "--address" in launch.group(1) and '--run-dir "$RUN_DIR"' in launch.group(1)
+    assert re.search(r"^RUN_DIR=.*\$SHARED/runs/", script, re.M)
+
+
+def test_image_installs_pinned_torch_before_the_project():
+    lines = [l for l in (CLUSTER / "Dockerfile").read_text().splitlines() if l.startswith("RUN ")]
+    torch_at = next(i for i, l in enumerate(lines) if TORCH_PIN in l)
+    project_at = next(i for i, l in enumerate(lines) if re.search(r"pip install .*\s\.(\s|$)", l))
+    assert torch_at < project_at
