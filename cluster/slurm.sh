@@ -64,13 +64,14 @@ echo "Ray head: $HEAD ($ADDRESS), ${#NODES[@]} nodes, run directory $RUN_DIR"
 
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
-srun --nodes=1 --ntasks=1 -w "$HEAD" \
+# --cpus-per-task again: recent srun versions do not take it over from sbatch.
+srun --nodes=1 --ntasks=1 --cpus-per-task="$CPUS" -w "$HEAD" \
     ray start --head --node-ip-address="$HEAD_IP" --port="$PORT" --num-cpus="$CPUS" --block &
 sleep 10
 
 # One step per worker node, so that losing one node ends only its own step.
 for node in "${NODES[@]:1}"; do
-    srun --nodes=1 --ntasks=1 -w "$node" \
+    srun --nodes=1 --ntasks=1 --cpus-per-task="$CPUS" -w "$node" \
         ray start --address="$ADDRESS" --num-cpus="$CPUS" --block &
     sleep 1
 done

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from orchestrator.collectives import barrier
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -66,10 +68,10 @@ class CheckpointManager:
         if self.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
             (partial / "rng").mkdir(parents=True)
-        _barrier()
+        barrier()
         save_strategy(partial / "state")
         torch.save(capture_rng(), partial / "rng" / f"rank_{self.rank}.pt")
-        _barrier()
+        barrier()
         if self.rank == 0:
             (partial / "trainer.json").write_text(state.to_json())
             _write_manifest(partial)
@@ -77,7 +79,7 @@ class CheckpointManager:
             os.replace(partial, final)
             _fsync_dir(self.root)
             self._prune()
-        _barrier()
+        barrier()
         return final
 
     def _prune(self) -> None:
@@ -170,11 +172,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def capture_rng() -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from orchestrator.collectives import all_reduce
+
 REQUESTS_FILE = "requests.jsonl"
 DIRECTIVE_FILE = "directive.json"
 
@@ -58,8 +60,7 @@ class DirectiveReader:
 
     def poll(self) -> Directive:
         value = torch.tensor([self._read() if self.rank == 0 else 0])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        all_reduce(value, op=dist.ReduceOp.MAX)
         return Directive(int(value))
 
     def _read(self) -> int:

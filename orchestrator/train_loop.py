@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 import models
 import strategies
 from orchestrator.chaos import Chaos
 from orchestrator.checkpoint import CheckpointManager, TrainerState
+from orchestrator.collectives import all_reduce, barrier
 from orchestrator.control import Directive, DirectiveReader, RunTakenOver
 from orchestrator.data import GlobalBatchSampler, PreparedData
 from orchestrator.metrics import EventLog, MetricsLog
@@ -180,7 +180,7 @@ def train(w: WorkerContext) -> str:
         tensors = {k: v.detach().contiguous() for k, v in weights.items()}
         save_file(tensors, str(w.run_dir / "model.safetensors"))
         events.write("finished", step=step)
-    _barrier()
+    barrier()
     return Outcome.FINISHED
 
 
@@ -198,7 +198,7 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[float,
         if strategy.computes_loss:
             loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
     grad_norm = strategy.step(w.spec.train.grad_clip)
-    _all_reduce(loss_sum)
+    all_reduce(loss_sum)
     return float(loss_sum[0] / loss_sum[1]), grad_norm
 
 
@@ -223,7 +223,7 @@ def validate(w: WorkerContext, strategy, loss_fn) -> dict[str, float]:
         totals[2] += n
         if w.data.task == "classification":
             totals[1] += float((output.argmax(-1) == targets).sum())
-    _all_reduce(totals)
+    all_reduce(totals)
     loss = float(totals[0] / totals[2])
     result = {"val_loss": loss}
     if w.data.task == "classification":
@@ -250,17 +250,3 @@ def _audit(w: WorkerContext, step: int, ids: np.ndarray, dp_rank: int) -> None:
 
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
-
-
-def _all_reduce(tensor: torch.Tensor) -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        # float64 sums on CPU work on gloo and NCCL alike once moved to the device.
-        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        moved = tensor.to(backend_device)
-        dist.all_reduce(moved)
-        tensor.copy_(moved.cpu())
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()

@@ -10,7 +10,6 @@ import copy
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 VM_CONFIGS = ["aws.yaml", "gcp.yaml"]
-TORCH_PIN = "torch==2.13.0"
-
-
 def _project_pin(name: str) -> str:
     """The version pyproject.toml pins `name` to, e.g. '2.60.0' for ray."""
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for requirement in dependencies:
-        match = re.fullmatch(rf"{name}(\[[^\]]*\])?==(\S+)", requirement.replace(" ", ""))
-        if match:
-            return match.group(2)
-    raise AssertionError(f"pyproject.toml does not pin {name}")
+    match = re.search(rf'^\s*"{name}(\[[^\]]*\])?==([^";\s]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert match, f"pyproject.toml does not pin {name}"
+    return match.group(2)
+
+
+TORCH_PIN = f"torch=={_project_pin('torch')}"
 
 
 def _load(name: str):
@@ -83,9 +79,9 @@ def vm_config_problems(config: dict) -> list[str]:
     torch_at = [i for i, c in enumerate(setup) if TORCH_PIN in c and "pip install" in c]
     project_at = [i for i, c in enumerate(setup) if "pip install" in c and "orchestrator" in c]
     if not torch_at or not project_at:
-        problems.append("setup_commands must install torch==2.13.0 and orchestrator")
+        problems.append(f"setup_commands must install {TORCH_PIN} and orchestrator")
     elif torch_at[0] > project_at[0]:
-        problems.append("setup_commands install orchestrator before torch==2.13.0")
+        problems.append(f"setup_commands install orchestrator before {TORCH_PIN}")
     ray_pin = f"ray[default]=={_project_pin('ray')}"
     if not any(ray_pin in c for c in setup):
         problems.append(f"setup_commands do not install {ray_pin}")
@@ -166,6 +162,21 @@ def test_requirement_check_rejects_a_broken_config(breakage):
     config = _load("gcp.yaml")
     breakage(config)
     assert vm_config_problems(config)
+
+
+COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands",
+                 "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("name", VM_CONFIGS)
+def test_vm_config_commands_are_valid_shell(name, tmp_path):
+    config = _load(name)
+    for key in COMMAND_LISTS:
+        for index, command in enumerate(config.get(key) or []):
+            script = tmp_path / f"{key}-{index}.sh"
+            script.write_text(command + "\n")
+            assert _bash_syntax_error(script) == "", f"{name} {key}[{index}]: {command!r}"
 
 
 # ---- KubeRay RayCluster -------------------------------------------------------------------

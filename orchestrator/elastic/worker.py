@@ -32,6 +32,8 @@ class TrainWorker:
         self.use_gpu = use_gpu
         configure_runtime(spec, threads)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        if use_gpu:
+            torch.cuda.set_device(self.device)  # Ray exposes this actor's one GPU as cuda:0
 
     def ready(self) -> dict[str, Any]:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
