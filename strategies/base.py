@@ -27,6 +27,12 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Optimizer state keyed per parameter by its fully-qualified name ("state.layers.3.fc.weight.
+# exp_avg", "param_groups.layers.3.fc.weight.lr"), never by position in a param group: a
+# pipeline stage holds only some parameters, so positions differ between layouts and only
+# names let a checkpoint written under one layout load under another.
+STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
 
 class Strategy(ABC):
     """One worker's view of a parallelism strategy.
@@ -116,16 +122,20 @@ class Strategy(ABC):
     def save(self, directory: Path) -> None:
         """Write model and optimizer state with torch.distributed.checkpoint, which
         stores each shard once and lets another layout or world size load it."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
         state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
         dcp.save(state, checkpoint_id=str(directory))
 
     def load(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
         state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
         dcp.load(state, checkpoint_id=str(directory))
         set_state_dict(
-            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=STATE_DICT_OPTIONS,
         )
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -135,6 +145,10 @@ class Strategy(ABC):
         return get_model_state_dict(self.model, options=options)
 
     # ---- accounting -----------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Strategy-specific numbers for this step's metrics record (call on all ranks)."""
+        return {}
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients and optimizer state this rank holds."""
         return {
