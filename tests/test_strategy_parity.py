@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.distributed import make_spec, train_in_processes
-from tests.jobs import ADAMW, GPT_JOB, MLP_JOB
+from tests.jobs import ADAMW, GPT_JOB, MLP_JOB, USER_MODEL_JOB
 
 RELATIVE_TOLERANCE = 1e-5
 
@@ -31,6 +31,14 @@ MATRIX = [
     Case("ddp-mlp-adamw", MLP_JOB, {"name": "ddp"}, 2, {"optimizer": ADAMW}),
     Case("ddp-mlp-sgd-4", MLP_JOB, {"name": "ddp"}, 4),
     Case("ddp-gpt-adamw", GPT_JOB, {"name": "ddp"}, 2),
+    Case("pipeline-gpipe-mlp", MLP_JOB, {"name": "pipeline", "pp": 2, "schedule": "gpipe", "microbatches": 4}, 2),
+    Case("pipeline-1f1b-gpt", GPT_JOB, {"name": "pipeline", "pp": 2, "schedule": "1f1b", "microbatches": 4}, 2),
+    Case("pipeline-interleaved-gpt", GPT_JOB, {"name": "pipeline", "pp": 2, "schedule": "interleaved_1f1b"}, 2),
+    Case("tensor-gpt", GPT_JOB, {"name": "tensor", "tp": 2}, 2),
+    Case("tensor-mlp", MLP_JOB, {"name": "tensor", "tp": 2}, 2),
+    Case("tensor-auto-user-model", USER_MODEL_JOB, {"name": "tensor", "tp": 2, "plan": "auto"}, 2),
+    Case("hybrid-dp2-tp2-gpt", GPT_JOB, {"name": "hybrid", "tp": 2}, 4),
+    Case("hybrid-tp2-pp2-gpt", GPT_JOB, {"name": "hybrid", "tp": 2, "pp": 2}, 4),
 ]
 
 
