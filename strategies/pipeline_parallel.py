@@ -29,9 +29,9 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
 # ---- where to cut -------------------------------------------------------------------------
 def balanced_split_points(sizes: Sequence[int], stages: int) -> list[int]:
-    """Start index of stages 1..stages-1 that minimise the largest stage's total size.
-
-    Contiguous partition by dynamic programming; ties go to the earlier cut.
+    """Start index of stages 1..stages-1 of a contiguous partition that minimises the
+    largest stage's total size and, among those, spreads the rest most evenly (least
+    sum of squared stage sizes). Two dynamic programmes over the prefix sums.
 
     Raises:
         ValueError: when there are fewer blocks than stages.
@@ -42,22 +42,33 @@ def balanced_split_points(sizes: Sequence[int], stages: int) -> list[int]:
     prefix = [0]
     for size in sizes:
         prefix.append(prefix[-1] + size)
+    largest = _partition(prefix, stages, lambda worst, size: max(worst, size))[0]
+    _, points = _partition(
+        prefix, stages, lambda total, size: total + size * size if size <= largest else float("inf")
+    )
+    return points
+
+
+def _partition(prefix: list[int], stages: int, combine) -> tuple[float, list[int]]:
+    """Best cost of cutting the blocks into `stages` contiguous stages, folding each stage's
+    size into the cost with `combine`, and the cut points; ties go to the earlier cut."""
+    n = len(prefix) - 1
     inf = float("inf")
-    # best[k][j]: smallest possible largest stage when the first j blocks form k stages.
+    # best[k][j]: best cost of the first j blocks as k stages; cut[k][j]: where stage k starts.
     best = [[inf] * (n + 1) for _ in range(stages + 1)]
     cut = [[0] * (n + 1) for _ in range(stages + 1)]
     best[0][0] = 0
     for k in range(1, stages + 1):
         for j in range(k, n + 1):
             for i in range(k - 1, j):
-                cost = max(best[k - 1][i], prefix[j] - prefix[i])
+                cost = combine(best[k - 1][i], prefix[j] - prefix[i])
                 if cost < best[k][j]:
                     best[k][j], cut[k][j] = cost, i
     points, j = [], n
     for k in range(stages, 1, -1):
         j = cut[k][j]
         points.append(j)
-    return sorted(points)
+    return best[stages][n], sorted(points)
 
 
 def stage_bounds(n_blocks: int, points: Sequence[int]) -> list[tuple[int, int]]:
