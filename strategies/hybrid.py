@@ -432,9 +432,8 @@ def describe(options: BaseModel, model: nn.Module, dims: ParallelDims) -> ModelL
         for stage, (start, stop) in enumerate(bounds):
             names = ", ".join(type(blocks[i]).__name__ for i in range(start, stop))
             n = sum(p.numel() for i in range(start, stop) for p in blocks[i].parameters())
-            lines.append(
-                f"  stage {stage} on pipeline rank {stage % dims.pp}: blocks {start}-{stop - 1} ({names}), {n:,} parameters"
-            )
+            span = f"block {start}" if stop - start == 1 else f"blocks {start}-{stop - 1}"
+            lines.append(f"  stage {stage} on pipeline rank {stage % dims.pp}: {span} ({names}), {n:,} parameters")
             held[stage % dims.pp].update({i: blocks[i] for i in range(start, stop)})
         shards = {f"pipeline rank {r}": _Blocks(b) for r, b in held.items()}
     if dims.dp > 1:
