@@ -27,10 +27,11 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Optimizer state keyed per parameter by its fully-qualified name ("state.layers.3.fc.weight.
-# exp_avg", "param_groups.layers.3.fc.weight.lr"), never by position in a param group: a
-# pipeline stage holds only some parameters, so positions differ between layouts and only
-# names let a checkpoint written under one layout load under another.
+# Optimizer state and param-group settings saved per parameter, under its fully-qualified
+# name ("state.layers.3.fc.weight.exp_avg", "param_groups.layers.3.fc.weight.lr"), not as
+# lists of param groups: pipeline stages hold different subsets of the parameters, and the
+# group lists each stage wrote would collide in the checkpoint (one copy of a key is kept).
+# Per-parameter keys load under any layout, as torchtitan saves pipeline checkpoints.
 STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
