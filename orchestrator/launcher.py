@@ -119,7 +119,10 @@ class Launcher:
             _say(f"joining Ray cluster at {self.address}")
             ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
             return False
+        # address="local": start a new Ray even when another one runs on this machine
+        # (without it ray.init joins the newest local cluster it finds).
         ray.init(
+            address="local",
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=False,
