@@ -320,8 +320,10 @@ class ModelParallelStrategy(Strategy):
 
     # ---- accounting ----------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
-        """The pipeline bubble of the last step: each pipeline rank's idle share of the time
-        its schedule ran, (wall - computing) / wall, gathered over the pipeline."""
+        """The pipeline bubble of the last step: each pipeline rank's idle share of the step,
+        1 - computing / wall, where wall is the longest time any rank of the pipeline spent
+        in the schedule (the first rank starts at once and waits for the last backward; the
+        last rank waits for the first forward and is done before the backward drains)."""
         if self.pipeline is None:
             return {}
         local = torch.tensor([self.pipeline.busy_s(), self._schedule_s], dtype=torch.float64)
@@ -330,7 +332,8 @@ class ModelParallelStrategy(Strategy):
         self._schedule_s = 0.0
         gathered = [torch.zeros_like(local) for _ in range(self.pipeline.pp)]
         dist.all_gather(gathered, local, group=self.pipeline.group)
-        bubbles = [max(0.0, 1.0 - float(busy / wall)) if wall > 0 else 0.0 for busy, wall in gathered]
+        wall = max(float(w) for _, w in gathered)
+        bubbles = [max(0.0, 1.0 - float(busy) / wall) if wall > 0 else 0.0 for busy, _ in gathered]
         record = {f"pipeline_bubble_rank{r}": b for r, b in enumerate(bubbles)}
         record["pipeline_bubble"] = sum(bubbles) / len(bubbles)
         record["pipeline_bubble_theory"] = theoretical_bubble(
