@@ -103,7 +103,11 @@ def auto_plan(model: nn.Module, tp: int) -> dict[str, str]:
     Raises:
         PlanError: when no example input can be made for the model or its forward fails on it.
     """
-    order, linears, inputs, outputs, consumers = _probe(model)
+    return _pair(_probe(model), tp)
+
+
+def _pair(probe, tp: int) -> dict[str, str]:
+    order, linears, inputs, outputs, consumers = probe
     plan: dict[str, str] = {}
     i = 0
     while i < len(order):
@@ -276,12 +280,14 @@ def plan_problems(model: nn.Module, plan: dict[str, str], tp: int) -> list[str]:
 
 def fitting_degrees(model: nn.Module, kind: str, limit: int = 64) -> list[int]:
     """Tensor degrees up to `limit` that split the model under plan `kind`."""
+    try:
+        probe = _probe(model) if kind == "auto" else None
+        own = model_plan(model) if kind == "model" else None
+    except PlanError:
+        return []
     fits = []
     for tp in range(1, limit + 1):
-        try:
-            plan = resolve_plan(model, kind, tp)
-        except PlanError:
-            return []
+        plan = own if own is not None else _pair(probe, tp)
         if tp == 1 or (plan and not plan_problems(model, plan, tp)):
             fits.append(tp)
     return fits
