@@ -168,8 +168,9 @@ def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, kind: str) -> nn.
     """`ddp`: full replicas, gradients averaged; `fsdp`: FSDP2, block by block then the root.
 
     DDP is replicate(), the DDP built on FSDP2's machinery: torch's DistributedDataParallel
-    refuses DTensor parameters, and replicate() composes with tensor parallelism and with
-    pipeline stages (whose gradient sync it defers to the last micro-batch).
+    refuses DTensor parameters, while replicate() composes with tensor parallelism, and
+    pipeline stages hold its gradient sync back to a schedule's last micro-batch as they do
+    FSDP's.
     """
     if kind == "fsdp":
         layers = getattr(model, "layers", None)
