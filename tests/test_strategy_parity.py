@@ -38,8 +38,9 @@ MATRIX = [
     Case("tensor-mlp", MLP_JOB, {"name": "tensor", "tp": 2}, 2),
     Case("tensor-auto-user-model", USER_MODEL_JOB, {"name": "tensor", "tp": 2, "plan": "auto"}, 2),
     Case("hybrid-dp2-tp2-gpt", GPT_JOB, {"name": "hybrid", "tp": 2}, 4),
-    Case("hybrid-tp2-pp2-gpt-clip", GPT_JOB, {"name": "hybrid", "tp": 2, "pp": 2}, 4, {"train__grad_clip": 0.5}),
-    Case("hybrid-dp2-pp2-fsdp-mlp", MLP_JOB, {"name": "hybrid", "pp": 2, "data_parallel": "fsdp"}, 4),
+    Case("hybrid-tp2-pp2-gpt-clip", GPT_JOB, {"name": "hybrid", "tp": 2, "pp": 2}, 4,
+         {"train__grad_clip": 0.5, "train__micro_batch_size": 8}),
+    Case("hybrid-dp2-pp2-fsdp-mlp", MLP_JOB, {"name": "hybrid", "pp": 2, "data_parallel": "fsdp", "microbatches": 2}, 4),
 ]
 
 
