@@ -396,8 +396,18 @@ def _pipeline_problems(model: nn.Module, config: ModelParallelConfig, pp: int, m
             f"stages, more than the model's {n_blocks} blocks; pipeline degrees that fit: "
             f"{', '.join(map(str, fits))}"
         )
-    elif config.split_points is not None:
+    elif config.split_points is not None and split_problems(config.split_points, pp * per_worker, n_blocks):
         problems += split_problems(config.split_points, pp * per_worker, n_blocks)
+    else:
+        # A stage without parameters has nothing to train (and no optimizer to build).
+        blocks = blocks_of(model)
+        for stage, (start, stop) in enumerate(stage_bounds_for(model, config)):
+            if not any(True for i in range(start, stop) for _ in blocks[i].parameters()):
+                names = ", ".join(type(blocks[i]).__name__ for i in range(start, stop))
+                problems.append(
+                    f"strategy.pp: stage {stage} would hold only blocks without parameters ({names}); "
+                    "use fewer stages or name strategy.split_points"
+                )
     m = config.microbatches
     if micro_batch_size % m:
         divisors = [d for d in range(1, micro_batch_size + 1) if micro_batch_size % d == 0]

@@ -23,6 +23,7 @@ from tests.jobs import GPT_JOB, MLP_JOB
 from tests.user_models import linear_stack
 
 TOKENS = {"input_dim": None, "output_dim": None, "vocab_size": 256, "context": 16}
+LSTM_JOB = {**MLP_JOB, "model": {"name": "lstm", "options": {"steps": 4, "hidden": 8}}}
 
 
 def _gpt(**options):
@@ -113,6 +114,7 @@ def test_plan_problems_heads_and_widths():
         (MLP_JOB, {"name": "pipeline", "split_points": [1, 2]}, 2, "strategy.split_points: [1, 2] names 2 cut(s)"),
         (MLP_JOB, {"name": "tensor", "tp": 2, "plan": "auto"}, 2, None),
         (MLP_JOB, {"name": "pipeline", "schedule": "gpipe", "stages_per_worker": 2}, 2, "need schedule: interleaved_1f1b"),
+        (LSTM_JOB, {"name": "pipeline", "pp": 3}, 3, "stage 0 would hold only blocks without parameters (ToSequence)"),
     ],
 )
 def test_impossible_layouts_are_refused(job, strategy, workers, expected):
