@@ -19,7 +19,7 @@ from strategies.hybrid import ModelParallelConfig, PipelineOptions
 from strategies.pipeline_parallel import balanced_split_points, split_problems, stage_bounds, theoretical_bubble
 from strategies.tensor_parallel import auto_plan, plan_problems
 from tests.distributed import make_spec, read_metrics, train_in_processes
-from tests.jobs import GPT_JOB, MLP_JOB
+from tests.jobs import GPT_JOB, MLP_JOB, USER_MODEL_JOB
 from tests.user_models import linear_stack
 
 TOKENS = {"input_dim": None, "output_dim": None, "vocab_size": 256, "context": 16}
@@ -115,6 +115,7 @@ def test_plan_problems_heads_and_widths():
         (MLP_JOB, {"name": "tensor", "tp": 2, "plan": "auto"}, 2, None),
         (MLP_JOB, {"name": "pipeline", "schedule": "gpipe", "stages_per_worker": 2}, 2, "need schedule: interleaved_1f1b"),
         (LSTM_JOB, {"name": "pipeline", "pp": 3}, 3, "stage 0 would hold only blocks without parameters (ToSequence)"),
+        (USER_MODEL_JOB, {"name": "tensor"}, 2, "strategy.plan: the model (Sequential) has no tensor plan of its own"),
     ],
 )
 def test_impossible_layouts_are_refused(job, strategy, workers, expected):
