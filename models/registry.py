@@ -136,7 +136,8 @@ def build_model(
         vocab_size: number of token ids, for language models.
 
     Returns:
-        The model, with weights drawn from torch's global RNG.
+        The model, with weights drawn from torch's global RNG; ``model.tensor_plan``
+        holds the factory's tensor plan when it has one.
 
     Raises:
         ModelConfigError: if the name or an option is bad, or the model needs a dataset
@@ -154,4 +155,10 @@ def build_model(
             "pick a model that fits the dataset",
         )
     given = {k: v for k, v in wanted.items() if v is not None}
-    return factory(**given, **options)
+    model = factory(**given, **options)
+    # A factory may say how its model splits for tensor parallelism (``gpt.tensor_plan``);
+    # the plan travels with the model so strategies need not know which factory built it.
+    plan = getattr(factory, "tensor_plan", None)
+    if plan is not None:
+        model.tensor_plan = plan(model)
+    return model

@@ -57,6 +57,31 @@ def batch_layout(spec: "JobSpec", workers: int) -> BatchLayout:
     )
 
 
+def strategy_problems(spec: "JobSpec") -> list[str]:
+    """Layout checks that need the model (a tensor degree that does not divide the heads,
+    more stages than blocks), for every worker count the job may run at. The model is
+    built on the meta device: shapes only, no memory."""
+    import models
+    from orchestrator.data.shapes import model_arguments
+
+    check = strategies.get_strategy(spec.strategy.name).check
+    if check is None:
+        return []
+    try:
+        with torch.device("meta"):
+            model = models.build_model(spec.model.name, spec.model.options, **model_arguments(spec))
+    except models.ModelConfigError as error:
+        return [str(error)]
+    problems: list[str] = []
+    for workers in range(spec.scaling.min_workers, spec.scaling.max_workers + 1):
+        try:
+            dims = layout_for(spec, workers)
+        except strategies.LayoutError:
+            continue  # reported with the batch arithmetic
+        problems += [p for p in check(spec.strategy, model, dims, spec.train.micro_batch_size) if p not in problems]
+    return problems
+
+
 # Optimizer state in fp32 values per parameter.
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 0, "adam": 2, "adamw": 2}
 

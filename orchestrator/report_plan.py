@@ -1,11 +1,14 @@
 """`orchestrator plan`: the layout, batch arithmetic and memory of a job, as text."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 import models
+import strategies
 from orchestrator.data.shapes import example_input, model_arguments
-from orchestrator.plan import batch_layout, estimate_memory, human_bytes
+from orchestrator.plan import MemoryEstimate, batch_layout, estimate_memory, human_bytes
 from orchestrator.spec import JobSpec
 
 
@@ -24,13 +27,31 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         f"mesh: {workers} workers = data {dims.dp} x tensor {dims.tp} x pipeline {dims.pp}",
         f"batch: global {layout.global_batch} = data-parallel ranks {dims.dp} x micro-batch "
         f"{layout.micro_batch} x accumulation {layout.accumulation}",
-        "memory per worker (estimate):",
-        f"  parameters   {human_bytes(memory.params)}",
-        f"  gradients    {human_bytes(memory.grads)}",
-        f"  optimizer    {human_bytes(memory.optimizer)}  ({spec.optimizer.name})",
-        f"  activations  {human_bytes(memory.activations)}  (one micro-batch of {layout.micro_batch})",
-        f"  total        {human_bytes(memory.total)}",
     ]
+    describe = strategies.get_strategy(spec.strategy.name).describe
+    if describe is None:
+        lines += [
+            "memory per worker (estimate):",
+            f"  parameters   {human_bytes(memory.params)}",
+            f"  gradients    {human_bytes(memory.grads)}",
+            f"  optimizer    {human_bytes(memory.optimizer)}  ({spec.optimizer.name})",
+            f"  activations  {human_bytes(memory.activations)}  (one micro-batch of {layout.micro_batch})",
+            f"  total        {human_bytes(memory.total)}",
+        ]
+    else:
+        view = describe(spec.strategy, model, dims)
+        lines += view.lines
+        lines.append(
+            f"memory per worker (estimate; {spec.optimizer.name}; activations of the whole model for "
+            f"one micro-batch of {layout.micro_batch}: {human_bytes(memory.activations)}, an upper bound):"
+        )
+        for worker, held in view.worker_params.items():
+            share = _share(memory, held, n_params)
+            lines.append(
+                f"  {worker:<16} {held:>12,} parameters: params {human_bytes(share.params)}, grads "
+                f"{human_bytes(share.grads)}, optimizer {human_bytes(share.optimizer)}, "
+                f"total {human_bytes(share.params + share.grads + share.optimizer)}"
+            )
     if spec.scaling.min_workers != spec.scaling.max_workers:
         accum = {
             n: batch_layout(spec, n).accumulation
@@ -38,3 +59,14 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         }
         lines.append("elastic range: " + ", ".join(f"{n} workers -> accumulation {a}" for n, a in accum.items()))
     return "\n".join(lines)
+
+
+def _share(memory: MemoryEstimate, held: int, n_params: int) -> MemoryEstimate:
+    """The estimate for a worker holding `held` of the model's `n_params` parameters
+    (parameter, gradient and optimizer bytes scale with the parameters held)."""
+    return dataclasses.replace(
+        memory,
+        params=memory.params * held // n_params,
+        grads=memory.grads * held // n_params,
+        optimizer=memory.optimizer * held // n_params,
+    )

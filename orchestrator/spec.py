@@ -262,6 +262,10 @@ class JobSpec(Section):
         except models.ModelConfigError as error:
             problems.append(str(error))
         problems += batch_problems(self)
+        if not problems:
+            from orchestrator.plan import strategy_problems  # plan imports spec types
+
+            problems += strategy_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self

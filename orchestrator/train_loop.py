@@ -150,6 +150,7 @@ def train(w: WorkerContext) -> str:
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         record.update({f"mem_{k}_bytes": v for k, v in strategy.memory_bytes().items()})
+        record.update(strategy.metrics())
         if _due(step, spec.train.validate_every) or step == spec.train.steps:
             record.update(validate(w, strategy, loss_fn))
         if failure is not None:

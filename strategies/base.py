@@ -27,6 +27,13 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Optimizer state and param-group settings saved per parameter, under its fully-qualified
+# name ("state.layers.3.fc.weight.exp_avg", "param_groups.layers.3.fc.weight.lr"), not as
+# lists of param groups: pipeline stages hold different subsets of the parameters, and the
+# group lists each stage wrote would collide in the checkpoint (one copy of a key is kept).
+# Per-parameter keys load under any layout, as torchtitan saves pipeline checkpoints.
+STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
 
 class Strategy(ABC):
     """One worker's view of a parallelism strategy.
@@ -116,16 +123,20 @@ class Strategy(ABC):
     def save(self, directory: Path) -> None:
         """Write model and optimizer state with torch.distributed.checkpoint, which
         stores each shard once and lets another layout or world size load it."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
         state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
         dcp.save(state, checkpoint_id=str(directory))
 
     def load(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
         state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
         dcp.load(state, checkpoint_id=str(directory))
         set_state_dict(
-            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=STATE_DICT_OPTIONS,
         )
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -135,6 +146,10 @@ class Strategy(ABC):
         return get_model_state_dict(self.model, options=options)
 
     # ---- accounting -----------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Strategy-specific numbers for this step's metrics record (call on all ranks)."""
+        return {}
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients and optimizer state this rank holds."""
         return {

@@ -12,8 +12,23 @@ from typing import TYPE_CHECKING, Callable
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from strategies.base import Strategy
     from strategies.mesh import ParallelDims
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """How one model lands on the workers of a layout, for `orchestrator plan`.
+
+    Attributes:
+        lines: the mesh, which blocks each pipeline stage holds, the tensor plan.
+        worker_params: worker description -> parameters one such worker holds.
+    """
+
+    lines: list[str]
+    worker_params: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,11 @@ class StrategySpec:
         layout: `layout(options, world_size) -> ParallelDims`, pure; used by
             validate and plan before any process starts.
         summary: one line for `orchestrator plan` and the README.
+        check: optional `check(options, model, dims, micro_batch_size) -> problems`,
+            the layout checks that need the model (a tensor degree that does not
+            divide the attention heads, more stages than blocks); each problem
+            starts with the key path to change. `model` may live on the meta device.
+        describe: optional `describe(options, model, dims) -> ModelLayout` for plan.
     """
 
     name: str
@@ -34,6 +54,8 @@ class StrategySpec:
     build: Callable[[BaseModel, "ParallelDims"], "Strategy"]
     layout: Callable[[BaseModel, int], "ParallelDims"]
     summary: str
+    check: Callable[[BaseModel, "nn.Module", "ParallelDims", int], list[str]] | None = None
+    describe: Callable[[BaseModel, "nn.Module", "ParallelDims"], ModelLayout] | None = None
 
 
 STRATEGY_REGISTRY: dict[str, StrategySpec] = {}

@@ -23,3 +23,9 @@ GPT_JOB = {
     "scaling": {"workers": 2},
     "checkpoint": {"every_steps": 0},
 }
+
+USER_MODEL_JOB = {
+    **MLP_JOB,
+    "name": "user-model-parity",
+    "model": {"name": "tests.user_models:linear_stack", "options": {"width": 32}},
+}
