@@ -67,7 +67,12 @@ trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 # --cpus-per-task again: recent srun versions do not take it over from sbatch.
 srun --nodes=1 --ntasks=1 --cpus-per-task="$CPUS" -w "$HEAD" \
     ray start --head --node-ip-address="$HEAD_IP" --port="$PORT" --num-cpus="$CPUS" --block &
+HEAD_STEP=$!
 sleep 10
+if ! kill -0 "$HEAD_STEP" 2>/dev/null; then
+    echo "error: the Ray head did not start on $HEAD (see its output above)" >&2
+    exit 1
+fi
 
 # One step per worker node, so that losing one node ends only its own step.
 for node in "${NODES[@]:1}"; do
@@ -77,7 +82,7 @@ for node in "${NODES[@]:1}"; do
 done
 
 # Wait until every node has joined (at most 5 minutes), so the job is sized on all of them.
-python - "$ADDRESS" "${#NODES[@]}" <<'PY'
+timeout 360 python - "$ADDRESS" "${#NODES[@]}" <<'PY'
 import logging, sys, time
 
 import ray

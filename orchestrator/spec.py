@@ -282,21 +282,32 @@ class JobSpec(Section):
 
 
 def batch_problems(spec: JobSpec) -> list[str]:
-    """Refuse every worker count in the range whose batch arithmetic does not divide."""
-    from orchestrator.plan import batch_layout  # plan imports spec types
+    """Refuse a worker range with a count whose batch arithmetic does not divide.
 
-    problems = []
+    In an elastic range, counts the layout itself cannot take (tensor x pipeline not
+    dividing them) are skipped: the controller never runs at those counts.
+    """
+    from orchestrator.plan import batch_layout, layout_for  # plan imports spec types
+
+    problems, usable = [], []
     counts = range(spec.scaling.min_workers, spec.scaling.max_workers + 1)
     for workers in counts:
         try:
+            layout_for(spec, workers)
+        except strategies.LayoutError as error:
+            if len(counts) == 1:
+                problems.append(f"scaling.workers: {workers} workers: {error}")
+            continue
+        try:
             batch_layout(spec, workers)
+            usable.append(workers)
         except ValueError as error:
             problems.append(str(error))
-    if problems:
+    if problems or not usable:
         fits = [n for n in range(1, 4 * spec.scaling.max_workers + 1) if _fits(spec, n)]
         problems.append(
-            f"scaling.workers: {list(_as_tuple(spec.scaling.workers))} includes counts the batch cannot be split "
-            f"over; counts that fit: {', '.join(map(str, fits)) or 'none'}"
+            f"scaling.workers: {list(_as_tuple(spec.scaling.workers))} includes counts the job cannot "
+            f"be split over; counts that fit: {', '.join(map(str, fits)) or 'none'}"
         )
     return problems
 

@@ -109,3 +109,12 @@ def test_console_script_exit_status():
     )
     assert result.returncode == 2
     assert "model.name" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_elastic_range_skips_counts_the_layout_cannot_take():
+    """tensor 2: 3 workers cannot host the layout, so the controller never uses 3; 2 and 4 fit."""
+    spec = load_spec(QUICKSTART, ["strategy={name: hybrid, tp: 2}", "scaling.workers=[2, 4]",
+                                  "train.micro_batch_size=16"])
+    assert spec.scaling.max_workers == 4
+    with pytest.raises(JobSpecError, match="counts that fit: 2, 4$"):  # 6: 3 ranks x 32 > 64
+        load_spec(QUICKSTART, ["strategy={name: hybrid, tp: 2}", "scaling.workers=[2, 6]"])
