@@ -18,6 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 VM_CONFIGS = ["aws.yaml", "gcp.yaml"]
+
+
 def _project_pin(name: str) -> str:
     """The version pyproject.toml pins `name` to, e.g. '2.60.0' for ray."""
     match = re.search(rf'^\s*"{name}(\[[^\]]*\])?==([^";\s]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
