@@ -93,6 +93,12 @@ class Launcher:
         self.address = address or os.environ.get("RAY_ADDRESS")
 
     def run(self) -> dict:
+        if self.address and self.address.startswith("ray://"):
+            raise ResourceError(
+                f"--address {self.address}: Ray Client addresses are not supported (Ray Data does "
+                "not run over Ray Client); run the driver on a cluster node with --address HOST:6379 "
+                "or --address auto"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "job.yaml").write_text(dump_spec(self.spec))
         (self.run_dir / "driver.pid").write_text(str(os.getpid()))
