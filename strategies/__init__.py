@@ -1,6 +1,6 @@
 """Parallelism strategies, registered by name. Importing this package registers them all."""
 from strategies import ddp  # noqa: F401  (registers "ddp")
-from strategies.base import Strategy
+from strategies.base import StepShape, Strategy
 from strategies.mesh import LayoutError, ParallelDims
 from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
 
@@ -8,6 +8,7 @@ __all__ = [
     "STRATEGY_REGISTRY",
     "LayoutError",
     "ParallelDims",
+    "StepShape",
     "Strategy",
     "StrategySpec",
     "get_strategy",
