@@ -208,6 +208,9 @@ class JobSpec(Section):
             models.check_model_options(self.model.name, self.model.options)
         except models.ModelConfigError as error:
             problems.append(str(error))
+        strategy_check = strategies.get_strategy(self.strategy.name).check
+        if strategy_check is not None:
+            problems += strategy_check(self.strategy, self)
         problems += batch_problems(self)
         if problems:
             raise ValueError("\n".join(problems))

@@ -3,11 +3,13 @@ from strategies import ddp  # noqa: F401  (registers "ddp")
 from strategies.base import StepShape, Strategy
 from strategies.mesh import LayoutError, ParallelDims
 from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
+from strategies.registry import Sharding
 
 __all__ = [
     "STRATEGY_REGISTRY",
     "LayoutError",
     "ParallelDims",
+    "Sharding",
     "StepShape",
     "Strategy",
     "StrategySpec",
