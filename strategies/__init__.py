@@ -1,6 +1,7 @@
 """Parallelism strategies, registered by name. Importing this package registers them all."""
 from strategies import ddp  # noqa: F401  (registers "ddp")
 from strategies import fsdp  # noqa: F401  (registers "fsdp")
+from strategies import zero  # noqa: F401  (registers "zero")
 from strategies.base import StepShape, Strategy
 from strategies.mesh import LayoutError, ParallelDims
 from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
