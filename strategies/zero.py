@@ -156,8 +156,11 @@ class ZeROStrategy(Strategy):
         # DeepSpeed insists on torchrun's LOCAL_RANK, which it uses to pick the device.
         # Ray Train sets it; a launcher that only joins a process group may not.
         os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
-        # Reuses the process group the launcher already set up.
+        # Reuses the process group the launcher already set up. DeepSpeed keeps a clone
+        # of the world group in a module global; a worker that runs another attempt in
+        # the same process, on a new process group, must not reuse the dead one.
         deepspeed.init_distributed(dist_backend=dist.get_backend())
+        deepspeed.utils.groups._WORLD_GROUP = None
         model = model.to(device)
         optimizer = make_optimizer(model.parameters())
         if self.options.offload != "none":
