@@ -88,26 +88,35 @@ OPTIMIZER_STATE_PER_PARAM = {"sgd": 0, "adam": 2, "adamw": 2}
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Per-worker bytes, before sharding effects other than data parallel replication."""
+    """Per-worker bytes on one data-parallel rank, after the strategy's sharding.
+
+    `offloaded` names the parts the strategy keeps in host memory instead."""
 
     params: int
     grads: int
     optimizer: int
     activations: int | None
+    sharded: frozenset[str] = frozenset()
+    offloaded: frozenset[str] = frozenset()
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + (self.activations or 0)
+        """Bytes on the device: everything but what is offloaded to host memory."""
+        parts = {"params": self.params, "grads": self.grads, "optimizer": self.optimizer}
+        kept = sum(v for k, v in parts.items() if k not in self.offloaded)
+        return kept + (self.activations or 0)
 
 
 def estimate_memory(
-    model: torch.nn.Module, spec: "JobSpec", example_input: torch.Tensor
+    model: torch.nn.Module, spec: "JobSpec", example_input: torch.Tensor, dp: int = 1
 ) -> MemoryEstimate:
-    """Estimate one worker's memory for the job's strategy.
+    """Estimate one worker's memory for the job's strategy at `dp` data-parallel ranks.
 
-    Parameter, gradient and optimizer bytes are counted from the model; activations
-    from one micro-batch forward pass on the meta device (no real memory is used),
-    as the sum of every module's output size, which is what autograd keeps.
+    Parameter, gradient and optimizer bytes are counted from the model, and divided
+    by `dp` where the strategy shards them (the ZeRO paper's accounting, all fp32);
+    activations from one micro-batch forward pass on the meta device (no real
+    memory is used), as the sum of every module's output size, which is what
+    autograd keeps.
     """
     n_params = sum(p.numel() for p in model.parameters())
     per_value = 4  # fp32 master weights, gradients and optimizer state
@@ -117,11 +126,20 @@ def estimate_memory(
     activation_bytes = _activation_bytes(model, example_input)
     if spec.train.precision == "bf16" and activation_bytes is not None:
         activation_bytes //= 2
+    sharding_of = strategies.get_strategy(spec.strategy.name).sharding
+    sharding = sharding_of(spec.strategy) if sharding_of else strategies.Sharding()
+    sharded = frozenset(k for k in ("params", "grads", "optimizer") if getattr(sharding, k))
+
+    def per_rank(part: str, total: int) -> int:
+        return -(-total // dp) if part in sharded else total
+
     return MemoryEstimate(
-        params=n_params * per_value,
-        grads=n_params * per_value,
-        optimizer=n_params * per_value * state_values,
+        params=per_rank("params", n_params * per_value),
+        grads=per_rank("grads", n_params * per_value),
+        optimizer=per_rank("optimizer", n_params * per_value * state_values),
         activations=activation_bytes,
+        sharded=sharded,
+        offloaded=sharding.offloaded,
     )
 
 

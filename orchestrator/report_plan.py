@@ -19,7 +19,9 @@ def render_plan(spec: JobSpec, workers: int) -> str:
     arguments = model_arguments(spec)
     torch.manual_seed(spec.train.seed)
     model = models.build_model(spec.model.name, spec.model.options, **arguments)
-    memory = estimate_memory(model, spec, example_input(spec, arguments, layout.micro_batch))
+    memory = estimate_memory(
+        model, spec, example_input(spec, arguments, layout.micro_batch), dp=dims.dp
+    )
     n_params = sum(p.numel() for p in model.parameters())
     lines = [
         f"job {spec.name}: model {spec.model.name} ({n_params:,} parameters, {len(getattr(model, 'layers', []))} blocks), "
@@ -32,11 +34,13 @@ def render_plan(spec: JobSpec, workers: int) -> str:
     if describe is None:
         lines += [
             "memory per worker (estimate):",
-            f"  parameters   {human_bytes(memory.params)}",
-            f"  gradients    {human_bytes(memory.grads)}",
-            f"  optimizer    {human_bytes(memory.optimizer)}  ({spec.optimizer.name})",
+            f"  parameters   {human_bytes(memory.params)}{_where(memory, 'params', dims.dp)}",
+            f"  gradients    {human_bytes(memory.grads)}{_where(memory, 'grads', dims.dp)}",
+            f"  optimizer    {human_bytes(memory.optimizer)}  ({spec.optimizer.name})"
+            f"{_where(memory, 'optimizer', dims.dp)}",
             f"  activations  {human_bytes(memory.activations)}  (one micro-batch of {layout.micro_batch})",
-            f"  total        {human_bytes(memory.total)}",
+            f"  total        {human_bytes(memory.total)}"
+            + ("  (on the device; offloaded parts excluded)" if memory.offloaded else ""),
         ]
     else:
         view = describe(spec.strategy, model, dims)
@@ -70,3 +74,12 @@ def _share(memory: MemoryEstimate, held: int, n_params: int) -> MemoryEstimate:
         grads=memory.grads * held // n_params,
         optimizer=memory.optimizer * held // n_params,
     )
+
+
+def _where(memory, part: str, dp: int) -> str:
+    notes = []
+    if part in memory.sharded:
+        notes.append(f"1/{dp}, sharded over {dp} data-parallel ranks")
+    if part in memory.offloaded:
+        notes.append("in host memory")
+    return f"  ({'; '.join(notes)})" if notes else ""

@@ -261,6 +261,9 @@ class JobSpec(Section):
             models.check_model_options(self.model.name, self.model.options)
         except models.ModelConfigError as error:
             problems.append(str(error))
+        strategy_check = strategies.get_strategy(self.strategy.name).check_job
+        if strategy_check is not None:
+            problems += strategy_check(self.strategy, self)
         problems += batch_problems(self)
         if not problems:
             from orchestrator.plan import strategy_problems  # plan imports spec types

@@ -102,6 +102,9 @@ def train(w: WorkerContext) -> str:
     torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
     model = models.build_model(spec.model.name, spec.model.options, **w.data.model_arguments())
     strategy = strategies.get_strategy(spec.strategy.name).build(spec.strategy, layout.dims)
+    strategy.configure_steps(
+        strategies.StepShape(layout.micro_batch, layout.accumulation, spec.train.grad_clip)
+    )
     strategy.setup(
         model,
         make_optimizer=lambda params: build_optimizer(spec, params),

@@ -1,14 +1,19 @@
 """Parallelism strategies, registered by name. Importing this package registers them all."""
 from strategies import ddp  # noqa: F401  (registers "ddp")
+from strategies import fsdp  # noqa: F401  (registers "fsdp")
 from strategies import hybrid  # noqa: F401  (registers "tensor", "pipeline", "hybrid")
-from strategies.base import Strategy
+from strategies import zero  # noqa: F401  (registers "zero")
+from strategies.base import StepShape, Strategy
 from strategies.mesh import LayoutError, ParallelDims
 from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
+from strategies.registry import Sharding
 
 __all__ = [
     "STRATEGY_REGISTRY",
     "LayoutError",
     "ParallelDims",
+    "Sharding",
+    "StepShape",
     "Strategy",
     "StrategySpec",
     "get_strategy",

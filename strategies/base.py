@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,6 +36,15 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """How the loop drives one optimizer step on each data-parallel rank."""
+
+    micro_batch_size: int
+    accumulation: int  # micro-batches per optimizer step
+    max_grad_norm: float | None  # clip threshold, None when clipping is off
+
+
 class Strategy(ABC):
     """One worker's view of a parallelism strategy.
 
@@ -50,6 +60,8 @@ class Strategy(ABC):
         self.optimizer: torch.optim.Optimizer
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
         self.autocast_dtype: torch.dtype | None = None
+        self.step_shape: StepShape | None = None
+        self._grad_bytes_at_step = 0
 
     # ---- layout -------------------------------------------------------------------
     @property
@@ -66,6 +78,11 @@ class Strategy(ABC):
         return True
 
     # ---- setup ------------------------------------------------------------------------
+    def configure_steps(self, shape: StepShape) -> None:
+        """Told once, before `setup`, how each optimizer step will be driven. Strategies
+        whose engine owns the step's arithmetic (DeepSpeed) build it from this."""
+        self.step_shape = shape
+
     @abstractmethod
     def setup(
         self,
@@ -103,8 +120,12 @@ class Strategy(ABC):
         gradient norm before clipping when clipping is on."""
         grad_norm = None
         if max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+            # Sharded (DTensor) gradients give a DTensor norm, already reduced over ranks.
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
+        # Gradients are at their fullest here, just before they are released.
+        self._grad_bytes_at_step = self._gradient_bytes()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return grad_norm
@@ -151,10 +172,11 @@ class Strategy(ABC):
         return {}
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes of parameters, gradients and optimizer state this rank holds."""
+        """Bytes of parameters, gradients and optimizer state this rank holds; gradients
+        as they stood in the last step before it released them."""
         return {
             "params": sum(_local_bytes(p) for p in self.model.parameters()),
-            "grads": sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None),
+            "grads": self._grad_bytes_at_step,
             "optimizer": sum(
                 _local_bytes(v)
                 for state in self.optimizer.state.values()
@@ -162,6 +184,9 @@ class Strategy(ABC):
                 if isinstance(v, torch.Tensor)
             ),
         }
+
+    def _gradient_bytes(self) -> int:
+        return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:

@@ -7,7 +7,7 @@ runtime `Strategy`. Presets are data: register another name with other defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
 
@@ -32,6 +32,21 @@ class ModelLayout:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """Which per-worker training state a strategy divides across data-parallel ranks,
+    and which it keeps in host memory instead of on the accelerator.
+
+    `orchestrator plan` divides the sharded parts of its memory estimate by the
+    data-parallel degree; the metrics' `mem_*_bytes` measure what really happens.
+    """
+
+    params: bool = False
+    grads: bool = False
+    optimizer: bool = False
+    offloaded: frozenset[str] = frozenset()  # subset of {"params", "grads", "optimizer"}
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     """What the registry knows about one strategy.
 
@@ -42,11 +57,16 @@ class StrategySpec:
         layout: `layout(options, world_size) -> ParallelDims`, pure; used by
             validate and plan before any process starts.
         summary: one line for `orchestrator plan` and the README.
+        sharding: `sharding(options) -> Sharding`, pure; None for strategies that
+            keep a whole replica of the training state on every data-parallel rank.
         check: optional `check(options, model, dims, micro_batch_size) -> problems`,
             the layout checks that need the model (a tensor degree that does not
             divide the attention heads, more stages than blocks); each problem
             starts with the key path to change. `model` may live on the meta device.
         describe: optional `describe(options, model, dims) -> ModelLayout` for plan.
+        check_job: `check_job(options, job) -> problems`, checks against the rest of the job
+            spec (optimizer, precision, ...) run once when job.yaml is loaded; each
+            problem names its key. None when the options model checks everything.
     """
 
     name: str
@@ -54,8 +74,10 @@ class StrategySpec:
     build: Callable[[BaseModel, "ParallelDims"], "Strategy"]
     layout: Callable[[BaseModel, int], "ParallelDims"]
     summary: str
+    sharding: Callable[[BaseModel], Sharding] | None = None
     check: Callable[[BaseModel, "nn.Module", "ParallelDims", int], list[str]] | None = None
     describe: Callable[[BaseModel, "nn.Module", "ParallelDims"], ModelLayout] | None = None
+    check_job: Callable[[BaseModel, Any], list[str]] | None = None
 
 
 STRATEGY_REGISTRY: dict[str, StrategySpec] = {}

@@ -31,6 +31,15 @@ MATRIX = [
     Case("ddp-mlp-adamw", MLP_JOB, {"name": "ddp"}, 2, {"optimizer": ADAMW}),
     Case("ddp-mlp-sgd-4", MLP_JOB, {"name": "ddp"}, 4),
     Case("ddp-gpt-adamw", GPT_JOB, {"name": "ddp"}, 2),
+    # Sharded data parallel: the same arithmetic, with state split across the ranks.
+    *(
+        Case(f"zero{stage}-mlp-{opt}", MLP_JOB, {"name": "zero", "stage": stage}, 2, extra)
+        for stage in (1, 2, 3)
+        for opt, extra in (("sgd", {}), ("adamw", {"optimizer": ADAMW}))
+    ),
+    Case("fsdp-mlp-sgd", MLP_JOB, {"name": "fsdp"}, 2),
+    Case("fsdp-mlp-adamw", MLP_JOB, {"name": "fsdp"}, 2, {"optimizer": ADAMW}),
+    # Model parallel: the model itself split over ranks.
     Case("pipeline-gpipe-mlp", MLP_JOB, {"name": "pipeline", "pp": 2, "schedule": "gpipe", "microbatches": 4}, 2),
     Case("pipeline-1f1b-gpt", GPT_JOB, {"name": "pipeline", "pp": 2, "schedule": "1f1b", "microbatches": 4}, 2),
     Case("pipeline-interleaved-gpt", GPT_JOB, {"name": "pipeline", "pp": 2, "schedule": "interleaved_1f1b"}, 2),

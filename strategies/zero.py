@@ -1,0 +1,397 @@
+"""ZeRO data parallelism through DeepSpeed: stage 1 shards optimizer state, stage 2
+gradients too, stage 3 parameters too; optionally offloaded to host memory.
+
+DeepSpeed must own the optimizer step (its optimizer works on flat partitions it
+builds), so this adapter hands `deepspeed.initialize` our own torch optimizer and
+LR schedule, built by the loop's factories from the job spec, and drives the engine
+from the loop's calls: the arithmetic stays that of the replicated run.
+
+DeepSpeed is optional (`pip install -e .[zero]`) and imported only when a zero job
+is set up on a worker.
+
+Compiled ops. DeepSpeed compiles some C++ ops on first use:
+- its shared-memory all-reduce (30 s on CPU hosts) serves only its inference
+  all-reduce; training's collectives go through torch.distributed, so it is
+  marked unavailable and never built;
+- CPU Adam, which ZeRO-Offload runs the optimizer step with, is compiled by
+  torch's extension loader on the first offload job of a host (about a minute)
+  and cached in TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions); ranks
+  of one host share the build, which the loader guards with a lock. To build it
+  at install time instead: `DS_BUILD_CPU_ADAM=1 pip install deepspeed==0.19.8`.
+No other op is needed: the optimizer is torch's (ZeRO's "untested optimizer" path).
+
+Checkpoints are DeepSpeed's own, one optimizer-state file per data-parallel rank.
+ZeRO cannot load them at another data-parallel size, so after a resize they are
+converted once to DeepSpeed's universal format (`ds_to_universal`) beside the
+original and loaded from there, optimizer state included.
+
+Exercised by: pytest tests/test_strategy_parity.py -k zero tests/test_sharded_strategies.py
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.deepspeed_config import deepspeed_config
+from strategies.mesh import ParallelDims
+from strategies.registry import Sharding, StrategySpec, register_strategy
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+INSTALL_HINT = (
+    "strategy.name: zero needs DeepSpeed, which is not installed; "
+    "install it with `pip install -e .[zero]` (deepspeed==0.19.8)"
+)
+TAG = "zero"  # checkpoint tag: DeepSpeed writes `<directory>/zero/`
+UNIVERSAL_TAG = "zero_universal"
+
+# Where DeepSpeed 0.19.8 keeps fp32 master weights and gradients beside the model's
+# own parameters (stages 1-2: DeepSpeedZeroOptimizer; stage 3: ..._Stage3).
+_MASTER_WEIGHTS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
+_GRADIENTS = (
+    "averaged_gradients",
+    "all_grad_tensors",
+    "grads_in_partition",
+    "grad_partitions_flat_buffer",
+    "accumulated_grads_in_cpu",
+)
+
+
+class ZeROOptions(BaseModel):
+    """`strategy:` section for `name: zero`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["zero"] = "zero"
+    stage: Literal[1, 2, 3] = Field(
+        2,
+        description="1 shards optimizer state across data-parallel ranks, 2 also gradients, "
+        "3 also parameters.",
+    )
+    offload: Literal["none", "optimizer", "parameters"] = Field(
+        "none",
+        description="Keep optimizer state, its fp32 weights and gradients in host memory and "
+        "step the optimizer there (`optimizer`, needs optimizer adam or adamw), or that and "
+        "the parameter shards too (`parameters`, needs stage 3).",
+    )
+    bucket_mb: float = Field(
+        25.0, gt=0, description="Gradient reduce and parameter all-gather bucket size in MiB."
+    )
+    param_persistence_threshold: int = Field(
+        0,
+        ge=0,
+        description="Stage 3: parameters with fewer elements than this stay whole on every "
+        "rank, trading their memory for fewer all-gathers (0: shard them all).",
+    )
+
+
+def check_zero(options: ZeROOptions, job: Any) -> list[str]:
+    """Cross-section checks, run when job.yaml is loaded; each problem names its key."""
+    problems = []
+    if importlib.util.find_spec("deepspeed") is None:
+        problems.append(INSTALL_HINT)
+    if options.offload == "parameters" and options.stage != 3:
+        problems.append(
+            f"strategy.offload: 'parameters' needs strategy.stage: 3 (stages 1 and 2 keep whole "
+            f"parameters on every rank; got stage {options.stage}); use offload: optimizer or stage: 3"
+        )
+    if options.offload != "none" and job.optimizer.name not in ("adam", "adamw"):
+        problems.append(
+            f"strategy.offload: {options.offload!r} steps the optimizer in host memory with "
+            f"DeepSpeed's CPU Adam, which has no {job.optimizer.name!r}; set optimizer.name: "
+            "adam or adamw, or strategy.offload: none"
+        )
+    if options.param_persistence_threshold and options.stage != 3:
+        problems.append(
+            f"strategy.param_persistence_threshold: applies to stage 3 only (got stage "
+            f"{options.stage}); remove it or set strategy.stage: 3"
+        )
+    return problems
+
+
+def import_deepspeed():
+    """Import DeepSpeed for training, with an install hint when it is missing."""
+    try:
+        import deepspeed
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # Training never uses the shared-memory all-reduce (see the module docstring);
+    # marking it incompatible keeps DeepSpeed from compiling it at init.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+class ZeROStrategy(Strategy):
+    def __init__(self, options: ZeROOptions, dims: ParallelDims) -> None:
+        super().__init__(dims)
+        self.options = options
+        self.engine: DeepSpeedEngine
+        self._grad_bytes_this_step = 0
+
+    # ---- setup --------------------------------------------------------------------------
+    def setup(
+        self,
+        model: nn.Module,
+        make_optimizer: OptimizerFactory,
+        make_scheduler: SchedulerFactory,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        assert self.step_shape is not None, "configure_steps must come before setup"
+        deepspeed = import_deepspeed()
+        # DeepSpeed insists on torchrun's LOCAL_RANK, which it uses to pick the device.
+        # Ray Train sets it; a launcher that only joins a process group may not.
+        os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
+        # Reuses the process group the launcher already set up. DeepSpeed keeps a clone
+        # of the world group in a module global; a worker that runs another attempt in
+        # the same process, on a new process group, must not reuse the dead one.
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+        deepspeed.utils.groups._WORLD_GROUP = None
+        model = model.to(device)
+        optimizer = make_optimizer(model.parameters())
+        if self.options.offload != "none":
+            optimizer = cpu_adam_like(optimizer)
+        scheduler = make_scheduler(optimizer)
+        config = deepspeed_config(
+            stage=self.options.stage,
+            offload=self.options.offload,
+            bucket_mb=self.options.bucket_mb,
+            param_persistence_threshold=self.options.param_persistence_threshold,
+            shape=self.step_shape,
+            dp_size=self.dp_size,
+            pin_memory=device.type == "cuda",
+        )
+        # Given the schedule, the engine advances it once per applied optimizer step
+        # and keeps its state in DeepSpeed's checkpoints.
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
+        if self.options.stage == 3 and self.options.offload == "none":
+            share_master_partitions(self.engine.optimizer)
+        self.model = self.engine
+        self.optimizer = optimizer  # now stepping DeepSpeed's fp32 partitions
+        self.scheduler = scheduler
+        self.autocast_dtype = autocast_dtype_for(precision)
+
+    # ---- one optimizer step --------------------------------------------------------
+    def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        # DeepSpeed finds boundaries by counting engine.step() calls, one per micro-batch;
+        # the loop steps once per optimizer step, so it says where the boundary is.
+        self.engine.set_gradient_accumulation_boundary(is_last_micro_batch)
+        return contextlib.nullcontext()
+
+    def forward_backward(self, inputs, targets, loss_fn, loss_scale: float) -> torch.Tensor:
+        with self._autocast():
+            loss = loss_fn(self.engine(inputs), targets)
+        # The loop's loss_scale already divides by the accumulation steps; DeepSpeed's
+        # own division by gradient_accumulation_steps would do it twice.
+        self.engine.backward(loss * loss_scale, scale_wrt_gas=False)
+        # Stage 1 holds whole gradients between micro-batches and reduces them to its
+        # partition at the boundary, so the high point is looked for after each one.
+        self._grad_bytes_this_step = max(self._grad_bytes_this_step, self._gradient_bytes())
+        return loss.detach()
+
+    def step(self, max_grad_norm: float | None) -> float | None:
+        # Reduces what is left, clips to train.grad_clip (from the config), updates,
+        # releases the gradients and advances the schedule.
+        self.engine.step()
+        self._grad_bytes_at_step, self._grad_bytes_this_step = self._grad_bytes_this_step, 0
+        if not max_grad_norm:
+            return None
+        return float(self.engine.get_global_grad_norm())
+
+    # ---- state ------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        # One optimizer-state file per data-parallel rank of the saving run.
+        saved_dp = len(list((directory / TAG).glob("*optim_states.pt")))
+        if saved_dp == 0:
+            raise RuntimeError(
+                f"{directory.parent} holds no ZeRO checkpoint; it was saved under another "
+                "strategy, which strategy.name: zero cannot resume from"
+            )
+        if saved_dp == self.dp_size:
+            self._load(directory, TAG, universal=False)
+            return
+        universal = directory / UNIVERSAL_TAG
+        if self.rank == 0 and not universal.is_dir():
+            convert_to_universal(directory / TAG, universal, self.options.stage)
+        dist.barrier()
+        self._load(directory, UNIVERSAL_TAG, universal=True)
+
+    def _load(self, directory: Path, tag: str, universal: bool) -> None:
+        # DeepSpeed reads the universal switch from its config at load time; it is on
+        # for this one load only, as the saved layout decides it, not the job.
+        config = self.engine._config
+        config.load_universal_checkpoint = universal
+        try:
+            path, _ = self.engine.load_checkpoint(str(directory), tag=tag)
+        finally:
+            config.load_universal_checkpoint = False
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
+
+    def full_model_state(self) -> dict[str, torch.Tensor]:
+        module = self.engine.module
+        gathered = contextlib.nullcontext()
+        if self.options.stage == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(module.parameters()))
+        with gathered:
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+    # ---- accounting -----------------------------------------------------------------
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of the distinct storages this rank holds: ZeRO keeps parameters,
+        gradients and optimizer state in flat buffers that many tensors view."""
+        return {
+            "params": held_bytes(self._parameter_tensors()),
+            "grads": self._grad_bytes_at_step,
+            "optimizer": held_bytes(
+                v for state in self.optimizer.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor)
+            ),
+        }
+
+    def _parameter_tensors(self) -> Iterator[torch.Tensor]:
+        for p in self.engine.module.parameters():
+            yield p.data
+            if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
+                yield p.ds_tensor
+        yield from _attribute_tensors(self.engine.optimizer, _MASTER_WEIGHTS)
+
+    def _gradient_bytes(self) -> int:
+        zero_optimizer = self.engine.optimizer
+        tensors = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        tensors += list(_attribute_tensors(zero_optimizer, _GRADIENTS))
+        tensors += [
+            t.grad for t in _attribute_tensors(zero_optimizer, _MASTER_WEIGHTS) if t.grad is not None
+        ]
+        return held_bytes(tensors)
+
+
+def share_master_partitions(zero_optimizer: Any) -> None:
+    """Let stage 3's fp32 master partitions be its fp32 parameter partitions.
+
+    DeepSpeed 0.19.8 means to share them when the parameters are fp32 already
+    (stage3.py, `_create_fp32_partitions`), but it compares a torch.device with a
+    device name string, never equal in torch 2.13, and keeps a second copy. Pointing
+    each master tensor at its partition's storage keeps the tensor objects (the
+    optimizer's state is keyed by them) and frees the copy; DeepSpeed's copy from
+    master to partition after each step then copies a buffer onto itself.
+    """
+    for master, partition in zip(
+        zero_optimizer.fp32_partitioned_groups_flat, zero_optimizer.fp16_partitioned_groups_flat
+    ):
+        if master.dtype == partition.dtype and master.device == partition.device:
+            master.data = partition.data
+
+
+def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """DeepSpeed's CPU Adam with the hyperparameters of the torch Adam or AdamW the
+    job spec built, so offloading changes where the step runs, not what it computes."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    if not CPUAdamBuilder().is_compatible():
+        raise RuntimeError(
+            "strategy.offload: DeepSpeed's CPU Adam cannot be built on this host (it needs a "
+            "C++ compiler); install one, or prebuild it with `DS_BUILD_CPU_ADAM=1 pip install "
+            "deepspeed==0.19.8`, or set strategy.offload: none"
+        )
+    defaults = optimizer.defaults
+    return DeepSpeedCPUAdam(
+        [p for group in optimizer.param_groups for p in group["params"]],
+        lr=defaults["lr"],
+        betas=defaults["betas"],
+        eps=defaults["eps"],
+        weight_decay=defaults["weight_decay"],
+        adamw_mode=isinstance(optimizer, torch.optim.AdamW),
+    )
+
+
+def convert_to_universal(source: Path, target: Path, stage: int) -> None:
+    """Run DeepSpeed's `ds_to_universal` on one checkpoint tag. It converts inside a
+    temporary folder, moved into place when whole, so an interrupted conversion is
+    redone rather than used."""
+    scratch = target.parent / f".{target.name}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder", str(source), "--output_folder", str(scratch / target.name),
+        "--num_extract_workers", "1", "--num_merge_workers", "1",
+    ]
+    if stage <= 2:
+        # Stage 1-2 checkpoints lack state the converter needs, which it can rebuild.
+        command.append("--inject_missing_state")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(
+            f"converting checkpoint {source} to DeepSpeed's universal format failed "
+            f"(exit {result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    os.replace(scratch / target.name, target)
+    shutil.rmtree(scratch)
+
+
+def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors`; views of one buffer count it once."""
+    storages: dict[int, int] = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _attribute_tensors(owner: object, names: tuple[str, ...]) -> Iterator[torch.Tensor]:
+    """Tensors held in `owner`'s attributes `names`, which may be lists or dicts of them."""
+    for name in names:
+        stack = [getattr(owner, name, None)]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, (list, tuple)):
+                stack.extend(value)
+
+
+register_strategy(
+    StrategySpec(
+        name="zero",
+        options=ZeROOptions,
+        build=ZeROStrategy,
+        layout=lambda options, world_size: ParallelDims(world_size=world_size, dp=world_size),
+        summary="ZeRO through DeepSpeed: stage 1 shards optimizer state, 2 also gradients, "
+        "3 also parameters; optional offload to host memory",
+        sharding=lambda options: Sharding(
+            params=options.stage == 3,
+            grads=options.stage >= 2,
+            optimizer=True,
+            offloaded={
+                "none": frozenset(),
+                "optimizer": frozenset({"optimizer", "grads"}),
+                "parameters": frozenset({"optimizer", "grads", "params"}),
+            }[options.offload],
+        ),
+        check_job=check_zero,
+    )
+)
