@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ class Directive(enum.IntEnum):
     CONTINUE = 0
     RESIZE = 1  # save a checkpoint at the next checkpoint boundary, then return
     STOP = 2  # save a checkpoint now, then return
-    ABANDON = 3  # another driver owns the run now (this one died): write nothing more
+    ABANDON = 3  # the driver died, or another owns the run now: write nothing more
 
 
 class RunTakenOver(RuntimeError):
@@ -52,14 +53,18 @@ def write_directive(run_dir: Path, owner: str, attempt: int, directive: Directiv
 class DirectiveReader:
     """Read on every rank after each step; only rank 0 touches the file."""
 
-    def __init__(self, run_dir: Path, owner: str | None, attempt: int, rank: int) -> None:
+    def __init__(self, run_dir: Path, owner: str | None, attempt: int, rank: int,
+                 driver_alive: Callable[[], bool] | None = None) -> None:
         self.path = Path(run_dir) / DIRECTIVE_FILE
         self.owner = owner
         self.attempt = attempt
         self.rank = rank
+        self.driver_alive = driver_alive
 
     def poll(self) -> Directive:
-        value = torch.tensor([self._read() if self.rank == 0 else 0])
+        # Any rank on the driver's node can see it die; the file is rank 0's to read.
+        driver_gone = self.driver_alive is not None and not self.driver_alive()
+        value = torch.tensor([Directive.ABANDON if driver_gone else self._read() if self.rank == 0 else 0])
         all_reduce(value, op=dist.ReduceOp.MAX)
         return Directive(int(value))
 
@@ -73,3 +78,13 @@ class DirectiveReader:
         if content.get("attempt") != self.attempt:
             return Directive.CONTINUE
         return Directive[content["directive"]]
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

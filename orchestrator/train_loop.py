@@ -24,7 +24,7 @@ import strategies
 from orchestrator.chaos import Chaos
 from orchestrator.checkpoint import CheckpointManager, TrainerState
 from orchestrator.collectives import all_reduce, barrier
-from orchestrator.control import Directive, DirectiveReader, RunTakenOver
+from orchestrator.control import Directive, DirectiveReader, RunTakenOver, process_alive
 from orchestrator.data import GlobalBatchSampler, PreparedData
 from orchestrator.metrics import EventLog, MetricsLog
 from orchestrator.optim import build_optimizer, build_scheduler
@@ -45,6 +45,7 @@ class WorkerContext:
     # the first step record so metrics.jsonl shows detection, recovery and redone steps.
     failure: dict[str, Any] | None = None
     owner: str | None = None  # the driver this attempt belongs to (elastic backend)
+    driver: tuple[str, int] | None = None  # (node id, pid) of that driver
 
 
 class Outcome:
@@ -125,7 +126,7 @@ def train(w: WorkerContext) -> str:
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
     metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
     loss_fn = loss_function(w.data.task)
-    directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank)
+    directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank, _driver_watch(w))
     chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
     failure = dict(w.failure, steps_redone=w.failure["last_step"] - step) if w.failure else None
     resize_requested = False
@@ -250,6 +251,19 @@ def _audit(w: WorkerContext, step: int, ids: np.ndarray, dp_rank: int) -> None:
               "ids": ids.tolist()}
     with open(folder / f"rank{w.rank}.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def _driver_watch(w: WorkerContext):
+    """A check that the driver still runs, for ranks on the driver's node. Ray ends a
+    dead driver's workers too, but only after a while; until then they must not write."""
+    if w.driver is None:
+        return None
+    import ray
+
+    node, pid = w.driver
+    if ray.get_runtime_context().get_node_id() != node:
+        return None
+    return lambda: process_alive(pid)
 
 
 def _due(step: int, every: int) -> bool:

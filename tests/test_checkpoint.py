@@ -89,3 +89,18 @@ def test_resume_at_another_world_size_continues_the_same_run(prepared, uninterru
     assert resumed[0]["accumulation"] == 2 * read_metrics(tmp_path)[0]["accumulation"]
     for record in resumed:
         assert record["loss"] == pytest.approx(expected[record["step"]], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "strategy,workers",
+    [({"name": "zero", "stage": 2}, 2), ({"name": "hybrid", "tp": 2}, 4)],
+    ids=["zero2", "hybrid-dp2-tp2"],
+)
+def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, tmp_path):
+    """The same guarantee for sharded and model-parallel state: the restart reloads each
+    rank's shards exactly, so the weights end bitwise equal to an uninterrupted run."""
+    spec = make_spec(JOB, strategy=strategy, scaling__workers=workers)
+    train_in_processes(spec, prepared(spec), workers, tmp_path / "uninterrupted")
+    killed = make_spec(JOB, strategy=strategy, scaling__workers=workers, chaos__kill_worker_at_steps=[15])
+    assert train_with_restarts(killed, prepared(spec), [workers, workers], tmp_path / "killed") == 1
+    assert_bitwise_equal(final_weights(tmp_path / "killed"), final_weights(tmp_path / "uninterrupted"))

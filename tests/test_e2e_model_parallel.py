@@ -35,6 +35,7 @@ def test_gpt_hybrid_example_trains(tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["world_size"] == 4
     assert 0.0 <= records[-1]["pipeline_bubble"] < 1.0
-    started = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    started = next(e for e in events if e["event"] == "started")
     assert started["dims"] == {"world_size": 4, "dp": 1, "tp": 2, "pp": 2}
     assert (run_dir / "model.safetensors").is_file()

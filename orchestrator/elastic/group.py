@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,8 +104,9 @@ class RayWorkerGroup:
         ordered += [m for m in self.members if m not in ordered]
         self.active = ordered[:world_size]
         address = ray.get(self.active[0].actor.rendezvous_address.remote())
+        driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         self.futures = [
-            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner)
+            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner, driver)
             for rank, member in enumerate(self.active)
         ]
 

@@ -46,7 +46,7 @@ class TrainWorker:
             return ip, sock.getsockname()[1]
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
-                    failure: dict | None, owner: str) -> str:
+                    failure: dict | None, owner: str, driver: tuple[str, int]) -> str:
         import torch.distributed as dist
 
         from orchestrator.train_loop import WorkerContext, train
@@ -60,7 +60,7 @@ class TrainWorker:
             context = WorkerContext(
                 spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
                 world_size=world_size, device=self.device, attempt=attempt, failure=failure,
-                owner=owner,
+                owner=owner, driver=driver,
             )
             return train(context)
         finally:
