@@ -66,12 +66,14 @@ def test_language_model_validation_loss_falls(tmp_path):
 
 
 def test_one_and_two_workers_give_the_same_losses(tmp_path):
-    """Through Ray Train: DDP at 2 workers equals the 1-worker run step for step."""
+    """Through the real launcher: DDP at 2 workers equals the 1-worker run step for step.
+    The 1-worker run is hosted by Ray Train's TorchTrainer, the 2-worker run by the
+    elastic controller's actors, so both ways of hosting workers are checked."""
     job = ROOT / "tests/jobs/mlp_parity.yaml"
     runs = {}
-    for workers in (1, 2):
+    for workers, backend in ((1, "ray_train"), (2, "elastic")):
         run_dir = tmp_path / f"w{workers}"
-        launch(job, run_dir, f"scaling.workers={workers}")
+        launch(job, run_dir, f"scaling.workers={workers}", f"scaling.backend={backend}")
         runs[workers] = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert len(runs[1]) == len(runs[2]) == 30
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
