@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.errors import ResourceError, TrainingError
-from orchestrator.metrics import EVENTS_FILE, METRICS_FILE, latest_per_step, read_jsonl
+from orchestrator.metrics import EVENTS_FILE, METRICS_FILE, count_restarts, latest_per_step, read_jsonl
 from orchestrator.progress import ProgressReporter
 from orchestrator.spec import JobSpec, dump_spec
 
@@ -259,15 +259,11 @@ def summarize(run_dir: Path) -> dict:
     """Steps, final loss and validation metrics, restarts, from what the run wrote."""
     records = latest_per_step(list(read_jsonl(run_dir / METRICS_FILE)))
     events = list(read_jsonl(run_dir / EVENTS_FILE))
-    elastic = any(e["event"] == "attempt" for e in events)
     failures = [dict(r["failure"], step=r["step"]) for r in records if "failure" in r]
     summary: dict = {
         "steps": records[-1]["step"] if records else 0,
         "final_loss": records[-1]["loss"] if records else None,
-        # Ray Train restarts show as extra worker starts; the elastic controller logs each failure.
-        "restarts": sum(e["event"] == "failure" for e in events)
-        if elastic
-        else max(0, sum(e["event"] == "started" for e in events) - 1),
+        "restarts": count_restarts(events),
         "failures": failures,
         "world_sizes": sorted({r["world_size"] for r in records}),
     }

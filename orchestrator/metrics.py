@@ -51,6 +51,14 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def count_restarts(events: list[dict[str, Any]]) -> int:
+    """Restarts after failures, from `events.jsonl`. The elastic controller logs each
+    failure; under Ray Train a restart shows only as one more worker start."""
+    if any(e["event"] == "attempt" for e in events):
+        return sum(e["event"] == "failure" for e in events)
+    return max(0, sum(e["event"] == "started" for e in events) - 1)
+
+
 def latest_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per step, the last written: steps redone after a restart replace
     the records of the attempt that failed."""

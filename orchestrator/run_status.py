@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from orchestrator.checkpoint import CheckpointManager, verify
-from orchestrator.metrics import EVENTS_FILE, METRICS_FILE, read_jsonl
+from orchestrator.control import process_alive
+from orchestrator.metrics import EVENTS_FILE, METRICS_FILE, count_restarts, read_jsonl
 
 
 def read_status(run_dir: Path) -> dict:
@@ -32,7 +33,7 @@ def read_status(run_dir: Path) -> dict:
         "state": state,
         "step": last.get("step", 0),
         "world_size": last.get("world_size"),
-        "restarts": controller.get("failures", max(0, sum(e["event"] == "started" for e in events) - 1)),
+        "restarts": count_restarts(events),
         "last_checkpoint": checkpoints[-1].name if checkpoints else None,
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
@@ -45,15 +46,5 @@ def render_status(state: dict) -> str:
 
 def _driver_alive(run_dir: Path) -> bool:
     """Whether the `orchestrator launch` process that owns the run is still there."""
-    import os
-
     pid_file = run_dir / "driver.pid"
-    if not pid_file.is_file():
-        return False
-    try:
-        os.kill(int(pid_file.read_text()), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_file.is_file() and process_alive(int(pid_file.read_text()))
