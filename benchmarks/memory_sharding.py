@@ -62,7 +62,7 @@ def measure(workers: tuple[int, ...], names: list[str]) -> tuple[int, dict[tuple
     import ray
 
     import models
-    from orchestrator.data import prepare_data
+    from orchestrator.data.pipeline import prepare_data
     from tests.distributed import make_spec, train_in_processes
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

@@ -28,6 +28,10 @@ class ResourceError(OrchestratorError):
     """The cluster cannot host the job as sized."""
 
 
+class ControlError(OrchestratorError):
+    """A request to a running job (scale, stop) that cannot be carried out."""
+
+
 class CheckpointError(OrchestratorError):
     """No usable checkpoint where one was required."""
 

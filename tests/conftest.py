@@ -26,7 +26,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def prepared(ray_session):
     """`prepared(spec)` -> PreparedData, computed once per distinct data section and seed."""
-    from orchestrator.data import prepare_data
+    from orchestrator.data.pipeline import prepare_data
 
     cache = {}
 

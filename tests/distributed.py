@@ -17,8 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.data import PreparedData
-from orchestrator.spec import JobSpec, spec_from_dict
+from orchestrator.data.pipeline import PreparedData
+from orchestrator.config.loading import spec_from_dict
+from orchestrator.config.spec import JobSpec
 
 PROCESS_TIMEOUT_S = 240
 
@@ -89,7 +90,8 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
 def _train_rank(rank: int, world_size: int, spec: JobSpec, data: PreparedData, run_dir: str) -> None:
     import torch
 
-    from orchestrator.train_loop import WorkerContext, train
+    from orchestrator.training.context import WorkerContext
+    from orchestrator.training.loop import train
 
     context = WorkerContext(
         spec=spec, run_dir=Path(run_dir), data=data, rank=rank, world_size=world_size,

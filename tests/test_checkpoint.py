@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from orchestrator.checkpoint import CheckpointManager, verify
+from orchestrator.training.checkpoint import CheckpointManager, verify
 from tests.distributed import (
     assert_bitwise_equal, final_weights, make_spec, read_metrics, train_in_processes, train_with_restarts,
 )

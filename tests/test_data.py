@@ -12,7 +12,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.data import GlobalBatchSampler
+from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.data.pipeline import prepare_data
 from orchestrator.errors import DataError
 from tests.distributed import make_spec

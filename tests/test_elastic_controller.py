@@ -4,14 +4,16 @@ Exercised by: pytest tests/test_elastic_controller.py
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
 
-from orchestrator.control import Directive, request
-from orchestrator.elastic.controller import ElasticController, State
-from orchestrator.elastic.group import AttemptStatus
-from orchestrator.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
+from orchestrator.run.control import Directive, request
+from orchestrator.execution.elastic.controller import ElasticController, State, Timings
+from orchestrator.execution.elastic.group import AttemptStatus
+from orchestrator.execution.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
 
 
 class FakeClock:
@@ -68,7 +70,7 @@ def make(tmp_path, ready=3, min_workers=1, max_workers=2, spares=1, max_failures
     group = FakeGroup(ready, clock)
     controller = ElasticController(
         group, tmp_path, FailurePolicy(max_failures), ScalingPolicy(min_workers, max_workers, valid),
-        spares=spares, replace_timeout_s=10.0, clock=clock,
+        spares=spares, timings=Timings(replace_timeout_s=10.0), clock=clock,
     )
     return controller, group, clock
 
@@ -153,7 +155,7 @@ def test_failures_beyond_the_maximum_end_the_run(tmp_path):
 def test_the_group_grows_back_at_a_checkpoint_boundary(tmp_path):
     controller, group, _ = make(tmp_path, ready=1, spares=0)
     group.capacity = 1
-    controller.startup_timeout_s = 5.0
+    controller.timings = dataclasses.replace(controller.timings, startup_timeout_s=5.0)
     run_until(controller, State.RUNNING)
     assert group.started[-1][0] == 1
     group.capacity = 2  # a node came back
@@ -186,7 +188,7 @@ def test_scale_and_stop_requests_become_directives(tmp_path):
 def test_too_few_workers_is_an_error_naming_the_range(tmp_path):
     controller, group, _ = make(tmp_path, ready=0, min_workers=2, spares=0)
     group.capacity = 1
-    controller.startup_timeout_s = 3.0
+    controller.timings = dataclasses.replace(controller.timings, startup_timeout_s=3.0)
     run_until(controller, State.ERRORED)
     assert "at least 2" in controller.error
 

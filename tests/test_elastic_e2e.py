@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.data import GlobalBatchSampler
-from orchestrator.metrics import latest_per_step, read_jsonl
+from orchestrator.data.sampler import GlobalBatchSampler
+from orchestrator.run.files import read_jsonl
+from orchestrator.run.records import latest_per_step
 from tests.distributed import assert_bitwise_equal, final_weights, make_spec, train_in_processes
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.metrics import read_jsonl
-from orchestrator.spec import load_spec
+from orchestrator.run.files import read_jsonl
+from orchestrator.config.loading import load_spec
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent

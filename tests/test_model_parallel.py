@@ -14,7 +14,7 @@ from torch import nn
 import models
 import strategies
 from orchestrator.errors import JobSpecError
-from orchestrator.report_plan import render_plan
+from orchestrator.planning.report import render_plan
 from strategies.hybrid import ModelParallelConfig, PipelineOptions
 from strategies.pipeline_parallel import balanced_split_points, split_problems, stage_bounds, theoretical_bubble
 from strategies.tensor_parallel import auto_plan, plan_problems

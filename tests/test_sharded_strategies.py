@@ -18,8 +18,8 @@ import torch
 
 import strategies
 from orchestrator.errors import JobSpecError
-from orchestrator.metrics import EVENTS_FILE, read_jsonl
-from orchestrator.plan import estimate_memory
+from orchestrator.run.files import RunFiles, read_jsonl
+from orchestrator.planning.memory import estimate_memory
 from strategies.deepspeed_config import deepspeed_config
 from tests.distributed import make_spec, train_in_processes
 from tests.jobs import ADAMW, MLP_JOB
@@ -134,7 +134,7 @@ def test_resumes_at_the_same_and_a_smaller_size(name, prepared, tmp_path):
         shutil.copytree(tmp_path / "first", run_dir)
         spec = make_spec(RESUME_JOB, strategy=SHARDED[name], scaling__workers=workers)
         resumed = train_in_processes(spec, prepared(spec), workers, run_dir)[12:]
-        events = [e for e in read_jsonl(run_dir / EVENTS_FILE) if e["event"] == "resumed"]
+        events = [e for e in read_jsonl(RunFiles(run_dir).events) if e["event"] == "resumed"]
         assert [(e["step"], e["world_size"]) for e in events] == [(12, workers)]
         assert [r["step"] for r in resumed] == list(range(13, 21))
         for record in resumed:

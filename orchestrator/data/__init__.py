@@ -1,5 +1,8 @@
-"""Data ingestion: sources, preparation on Ray Data, and the global sample order."""
-from orchestrator.data.pipeline import PreparedData, Split, prepare_data
-from orchestrator.data.sampler import GlobalBatchSampler
+"""Data ingestion: sources, preparation on Ray Data, and the global sample order.
 
-__all__ = ["GlobalBatchSampler", "PreparedData", "Split", "prepare_data"]
+    sources.py          what each source is and how its rows are read
+    prepare.py          the cleaning and encoding steps, as Ray Data transforms
+    pipeline.py         read -> prepare -> split, into arrays in Ray's object store
+    sampler.py          one seeded global order per epoch; each rank's rows of a step
+    model_arguments.py  the model sizes a source implies, found without Ray
+"""

@@ -19,7 +19,7 @@ from orchestrator.errors import DataError
 if TYPE_CHECKING:
     import ray.data
 
-    from orchestrator.spec import JobSpec
+    from orchestrator.config.spec import JobSpec
 
 
 @dataclass

@@ -20,7 +20,7 @@ from orchestrator.errors import DataError
 if TYPE_CHECKING:
     import ray.data
 
-    from orchestrator.spec import JobSpec
+    from orchestrator.config.spec import JobSpec
 
 SYNTHETIC_DEFAULTS = {"samples": 4096, "features": 16, "classes": 4, "noise": 0.5}
 CHARS_DEFAULTS = {"context": 64, "max_chars": 400_000}

@@ -1,85 +1,19 @@
-"""Batch arithmetic, process layout and memory estimates, computed without Ray.
+"""Per-worker memory estimates for `orchestrator plan`, computed without Ray.
 
-global batch = data-parallel ranks x micro-batch x accumulation steps. The global
-batch is fixed by the job; on a resize only the accumulation steps change.
-
-Exercised by: orchestrator plan examples/quickstart.yaml --workers 4
+Exercised by: orchestrator plan examples/gpt_zero3.yaml --workers 2
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 import strategies
-from strategies.mesh import ParallelDims
 
 if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    dims: ParallelDims
-    global_batch: int
-    micro_batch: int
-    accumulation: int
-
-    @property
-    def per_rank_batch(self) -> int:
-        return self.micro_batch * self.accumulation
-
-
-def layout_for(spec: "JobSpec", workers: int) -> ParallelDims:
-    return strategies.get_strategy(spec.strategy.name).layout(spec.strategy, workers)
-
-
-def batch_layout(spec: "JobSpec", workers: int) -> BatchLayout:
-    """Raises ValueError naming the keys to change when the batch does not divide."""
-    try:
-        dims = layout_for(spec, workers)
-    except strategies.LayoutError as error:
-        raise ValueError(f"scaling.workers: {workers} workers: {error}") from None
-    train = spec.train
-    per_step = dims.dp * train.micro_batch_size
-    if train.global_batch_size % per_step:
-        raise ValueError(
-            f"train.global_batch_size: {train.global_batch_size} is not divisible by "
-            f"{dims.dp} data-parallel ranks x train.micro_batch_size {train.micro_batch_size} "
-            f"= {per_step} at {workers} workers; change either so the product divides it"
-        )
-    return BatchLayout(
-        dims=dims,
-        global_batch=train.global_batch_size,
-        micro_batch=train.micro_batch_size,
-        accumulation=train.global_batch_size // per_step,
-    )
-
-
-def strategy_problems(spec: "JobSpec") -> list[str]:
-    """Layout checks that need the model (a tensor degree that does not divide the heads,
-    more stages than blocks), for every worker count the job may run at. The model is
-    built on the meta device: shapes only, no memory."""
-    import models
-    from orchestrator.data.shapes import model_arguments
-
-    check = strategies.get_strategy(spec.strategy.name).check
-    if check is None:
-        return []
-    try:
-        with torch.device("meta"):
-            model = models.build_model(spec.model.name, spec.model.options, **model_arguments(spec))
-    except models.ModelConfigError as error:
-        return [str(error)]
-    problems: list[str] = []
-    for workers in range(spec.scaling.min_workers, spec.scaling.max_workers + 1):
-        try:
-            dims = layout_for(spec, workers)
-        except strategies.LayoutError:
-            continue  # reported with the batch arithmetic
-        problems += [p for p in check(spec.strategy, model, dims, spec.train.micro_batch_size) if p not in problems]
-    return problems
+    from orchestrator.config.spec import JobSpec
 
 
 # Optimizer state in fp32 values per parameter.
@@ -164,8 +98,6 @@ def _activation_bytes(model: torch.nn.Module, example_input: torch.Tensor) -> in
 
 
 def _copy_to_meta(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).to("meta")
 
 

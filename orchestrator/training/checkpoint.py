@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from orchestrator.collectives import barrier
+from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.training.collectives import barrier
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class CheckpointManager:
     `load_latest` on every rank; rank 0 does the file bookkeeping."""
 
     def __init__(self, run_dir: Path, keep: int, rank: int, world_size: int) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
         self.rank = rank
         self.world_size = world_size
@@ -93,7 +94,7 @@ class CheckpointManager:
 
     @staticmethod
     def list_checkpoints(run_dir: Path) -> list[Path]:
-        root = Path(run_dir) / "checkpoints"
+        root = RunFiles(run_dir).checkpoints
         return sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())
 
     def latest_valid(self) -> Path | None:
@@ -150,12 +151,7 @@ def _write_manifest(directory: Path) -> None:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
-    tmp = directory / (MANIFEST + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump({"files": files}, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_text(directory / MANIFEST, json.dumps({"files": files}, indent=1), durable=True)
 
 
 def _sha256(path: Path) -> str:

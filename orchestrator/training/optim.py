@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
+    from orchestrator.config.spec import JobSpec
 
 
 def build_optimizer(spec: "JobSpec", params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -10,7 +10,7 @@ from orchestrator.data.prepare import BYTE_VOCAB
 from orchestrator.data.sources import source_options
 
 if TYPE_CHECKING:
-    from orchestrator.spec import JobSpec
+    from orchestrator.config.spec import JobSpec
 
 
 def model_arguments(spec: "JobSpec") -> dict[str, int | None]:

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from orchestrator.errors import DataError, JobSpecError, OrchestratorError, ResourceError
+from orchestrator.errors import ControlError, DataError, JobSpecError, OrchestratorError, ResourceError
 
 app = typer.Typer(
     help="Elastic distributed training on Ray: write one job.yaml, launch it anywhere.",
@@ -30,7 +30,7 @@ def _fail(message: str, code: int) -> "typer.Exit":
 
 
 def _load(job: Path, overrides: Optional[List[str]]):
-    from orchestrator.spec import load_spec
+    from orchestrator.config.loading import load_spec
 
     try:
         return load_spec(job, overrides)
@@ -48,7 +48,7 @@ def launch(
     ),
 ) -> None:
     """Train a job: embedded local Ray, or an existing cluster with --address."""
-    from orchestrator.launcher import Launcher, default_run_dir
+    from orchestrator.execution.launcher import Launcher, default_run_dir
 
     spec = _load(job, set_)
     _run(Launcher(spec, run_dir or default_run_dir(spec), address))
@@ -61,12 +61,9 @@ def resume(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
 ) -> None:
     """Continue a run from its newest valid checkpoint (after a crash, a stop, or to train longer)."""
-    from orchestrator.launcher import Launcher
+    from orchestrator.execution.launcher import Launcher
 
-    job = run_dir / "job.yaml"
-    if not job.is_file():
-        raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
-    _run(Launcher(_load(job, set_), run_dir, address))
+    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address))
 
 
 def _run(launcher) -> None:
@@ -96,7 +93,7 @@ def plan(
     set_: Optional[List[str]] = SetOption,
 ) -> None:
     """Show the mesh, batch arithmetic and per-worker memory, without starting Ray."""
-    from orchestrator.report_plan import render_plan
+    from orchestrator.planning.report import render_plan
 
     spec = _load(job, set_)
     try:
@@ -108,10 +105,9 @@ def plan(
 @app.command()
 def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "--json")) -> None:
     """State, step, world size, restarts, last checkpoint and throughput of a run."""
-    from orchestrator.run_status import read_status, render_status
+    from orchestrator.run.status import read_status, render_status
 
-    if not (run_dir / "job.yaml").is_file():
-        raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
+    _job_of(run_dir)
     state = read_status(run_dir)
     typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
 
@@ -122,43 +118,36 @@ def scale(
     workers: int = typer.Option(..., "--workers", help="New worker count, within scaling.workers."),
 ) -> None:
     """Resize a running job; it changes size at its next checkpoint boundary."""
-    from orchestrator.control import request
-    from orchestrator.plan import batch_layout
+    from orchestrator.execution.control import ask_to_scale
 
-    spec = _load(run_dir / "job.yaml", None)
-    low, high = spec.scaling.min_workers, spec.scaling.max_workers
-    if not low <= workers <= high:
-        raise _fail(f"--workers {workers} is outside scaling.workers [{low}, {high}]; "
-                    f"resume with --set scaling.workers=[min,max] to widen it", 2)
-    try:
-        batch_layout(spec, workers)
-    except ValueError as error:
-        raise _fail(str(error), 2) from None
-    _require_running(run_dir)
-    request(run_dir, workers=workers)
+    _control(lambda spec: ask_to_scale(run_dir, spec, workers), run_dir)
     typer.echo(f"asked {run_dir} to resize to {workers} workers at its next checkpoint")
 
 
 @app.command()
 def stop(run_dir: Path = RunDirArgument) -> None:
     """Checkpoint a running job and stop it; `orchestrator resume` continues it."""
-    from orchestrator.control import request
+    from orchestrator.execution.control import ask_to_stop
 
-    _require_running(run_dir)
-    request(run_dir, stop=True)
+    _control(lambda spec: ask_to_stop(run_dir, spec), run_dir)
     typer.echo(f"asked {run_dir} to checkpoint and stop")
 
 
-def _require_running(run_dir: Path) -> None:
-    from orchestrator.run_status import read_status
+def _control(ask, run_dir: Path) -> None:
+    try:
+        ask(_load(_job_of(run_dir), None))
+    except ControlError as error:
+        raise _fail(str(error), 2) from None
 
-    if not (run_dir / "job.yaml").is_file():
+
+def _job_of(run_dir: Path) -> Path:
+    """The resolved job.yaml of a run directory."""
+    from orchestrator.run.files import RunFiles
+
+    job = RunFiles(run_dir).job
+    if not job.is_file():
         raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
-    if _load(run_dir / "job.yaml", None).scaling.backend != "elastic":
-        raise _fail("scale and stop need scaling.backend: elastic (this run uses ray_train)", 2)
-    state = read_status(run_dir)["state"]
-    if state not in ("running", "scheduling", "restarting"):
-        raise _fail(f"{run_dir} is not running (state: {state})", 2)
+    return job
 
 
 @app.command()
@@ -167,16 +156,10 @@ def logs(
     events: bool = typer.Option(False, "--events", help="Show events (starts, resumes, checkpoints) instead."),
 ) -> None:
     """Print a run's per-step metrics (or its events) as JSON lines."""
-    name = "events.jsonl" if events else "metrics.jsonl"
-    path = run_dir / name
+    from orchestrator.run.files import RunFiles
+
+    path = RunFiles(run_dir).events if events else RunFiles(run_dir).metrics
     if not path.is_file():
         raise _fail(f"{path} does not exist", 2)
     sys.stdout.write(path.read_text())
 
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

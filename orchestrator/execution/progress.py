@@ -8,13 +8,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.metrics import METRICS_FILE, JsonlFollower
-from orchestrator.spec import JobSpec
+from orchestrator.config.spec import JobSpec
+from orchestrator.run.files import JsonlFollower, RunFiles
 
 
 class ProgressReporter:
     def __init__(self, run_dir: Path, spec: JobSpec, interactive: bool | None = None) -> None:
-        self.follower = JsonlFollower(Path(run_dir) / METRICS_FILE)
+        self.follower = JsonlFollower(RunFiles(run_dir).metrics)
         self.total = spec.train.steps
         self.log_every = spec.train.log_every
         self.interactive = sys.stdout.isatty() if interactive is None else interactive

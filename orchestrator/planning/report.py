@@ -7,9 +7,10 @@ import torch
 
 import models
 import strategies
-from orchestrator.data.shapes import example_input, model_arguments
-from orchestrator.plan import MemoryEstimate, batch_layout, estimate_memory, human_bytes
-from orchestrator.spec import JobSpec
+from orchestrator.config.spec import JobSpec
+from orchestrator.data.model_arguments import example_input, model_arguments
+from orchestrator.planning.layout import batch_layout
+from orchestrator.planning.memory import MemoryEstimate, estimate_memory, human_bytes
 
 
 def render_plan(spec: JobSpec, workers: int) -> str:

@@ -15,12 +15,14 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.control import REQUESTS_FILE, Directive, write_directive
-from orchestrator.elastic.policies import Fail, FailurePolicy, Resize, ScalingPolicy
-from orchestrator.metrics import METRICS_FILE, EventLog, JsonlFollower, read_jsonl
+from orchestrator.execution.elastic.policies import Fail, FailurePolicy, ScalingPolicy
+from orchestrator.execution.elastic.steering import Steering
+from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.run.records import EventLog, RunRecords
 
 log = logging.getLogger(__name__)
 
@@ -47,47 +49,38 @@ class WorkerGroup(Protocol):
     def shutdown(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Timings:
+    """How long the controller waits for each thing, in seconds."""
+
+    replace_timeout_s: float = 20.0  # for a replacement worker before going on smaller
+    poll_interval_s: float = 0.25  # between looks at a running attempt
+    drain_timeout_s: float = 10.0  # for survivors of a failed attempt to unwind
+    startup_timeout_s: float = 120.0  # for the workers an attempt should start with
+
+
 class ElasticController:
-    def __init__(
-        self,
-        group: WorkerGroup,
-        run_dir: Path,
-        failure_policy: FailurePolicy,
-        scaling_policy: ScalingPolicy,
-        spares: int,
-        replace_timeout_s: float,
-        poll_interval_s: float = 0.25,
-        drain_timeout_s: float = 10.0,
-        startup_timeout_s: float = 120.0,
-        clock=time.time,
-    ) -> None:
+    def __init__(self, group: WorkerGroup, run_dir: Path, failure_policy: FailurePolicy,
+                 scaling_policy: ScalingPolicy, spares: int, timings: Timings = Timings(),
+                 clock=time.time) -> None:
         self.group = group
         self.run_dir = Path(run_dir)
         self.failure_policy = failure_policy
         self.scaling = scaling_policy
         self.spares = spares
-        self.replace_timeout_s = replace_timeout_s
-        self.poll_interval_s = poll_interval_s
-        self.drain_timeout_s = drain_timeout_s
-        self.startup_timeout_s = startup_timeout_s
+        self.timings = timings
         self.clock = clock
         self.events = EventLog(self.run_dir)
-        # Requests left by an earlier run of this directory are history; the directive
-        # file is claimed for this driver, which makes any orphaned workers of a dead
-        # driver stop writing (see Directive.ABANDON).
-        self.requests = JsonlFollower(self.run_dir / REQUESTS_FILE, from_end=True)
         self.owner = uuid.uuid4().hex
-        write_directive(self.run_dir, self.owner, 0, Directive.CONTINUE)
+        self.steering = Steering(self.run_dir, self.owner, group, scaling_policy, spares, self._record)
 
         self.state = State.SCHEDULING
         self.attempt = 0
         self.world_size = 0
         self.failures = 0
-        self.requested_workers: int | None = None
         self.pending_failure: dict | None = None
         self.wait_for: int | None = None  # workers to wait for before the next attempt
         self.wait_deadline = 0.0
-        self.directive = Directive.CONTINUE
         self.error: str | None = None
 
     # ---- driving --------------------------------------------------------------------------
@@ -116,12 +109,12 @@ class ElasticController:
     def _schedule(self) -> State:
         """Start the next attempt with as many ready workers as the policy allows,
         after waiting (until the deadline) for the count this attempt should have."""
-        want = self._wanted()
+        want = self.steering.wanted()
         self.group.spawn_up_to(want + self.spares)
         ready = self.group.refresh(wait_s=0.0)
-        target = self.scaling.best(ready, self.requested_workers)
+        target = self.scaling.best(ready, self.steering.requested_workers)
         if self.wait_for is None:
-            self.wait_for, self.wait_deadline = want, self.clock() + self.startup_timeout_s
+            self.wait_for, self.wait_deadline = want, self.clock() + self.timings.startup_timeout_s
         still_waiting = ready < self.wait_for and self.clock() < self.wait_deadline
         if target is None or still_waiting:
             if target is None and self.clock() >= self.wait_deadline:
@@ -129,7 +122,7 @@ class ElasticController:
                               f"least {self.scaling.min_workers}")
                 self._record("errored", reason=self.error)
                 return State.ERRORED
-            self.group.refresh(wait_s=self.poll_interval_s)
+            self.group.refresh(wait_s=self.timings.poll_interval_s)
             return State.SCHEDULING
         self.wait_for = None
         self.attempt += 1
@@ -137,16 +130,15 @@ class ElasticController:
             self.pending_failure["world_size_after"] = target
         self._record("attempt", attempt=self.attempt, world_size=target, previous=self.world_size)
         self.world_size = target
-        self.directive = Directive.CONTINUE
+        self.steering.new_attempt(self.attempt)
         self.group.start(target, self.attempt, self.pending_failure, self.owner)
         self.pending_failure = None
         return State.RUNNING
 
     def _watch(self) -> State:
-        status = self.group.poll(self.poll_interval_s)
+        status = self.group.poll(self.timings.poll_interval_s)
         if status.running:
-            self._handle_requests()
-            self._maybe_grow()
+            self.steering.while_running(self.world_size)
             return State.RUNNING
         if status.error is not None:
             return self._on_failure(status.error)
@@ -171,7 +163,7 @@ class ElasticController:
         self.pending_failure = {
             "detected_at": self.clock(),
             "error": error,
-            "last_step": _last_step(self.run_dir),
+            "last_step": RunRecords(self.run_dir).last_step(),
             "world_size_before": self.world_size,
         }
         return State.RESTARTING
@@ -180,53 +172,14 @@ class ElasticController:
         """Let survivors unwind and drop what is gone. A worker lost on a node that is
         still there is replaced (by a spare at once, or a new process within
         failure.replace_timeout_s); a lost node is not waited for: the group shrinks."""
-        lost_nodes = self.group.recover(self.drain_timeout_s)
+        lost_nodes = self.group.recover(self.timings.drain_timeout_s)
         self.pending_failure["lost_nodes"] = len(lost_nodes)
         detected = self.pending_failure["detected_at"]
         self.wait_for = 0 if lost_nodes else self.world_size
-        self.wait_deadline = detected + self.replace_timeout_s
+        self.wait_deadline = detected + self.timings.replace_timeout_s
         self._record("restarting", lost_nodes=lost_nodes, ready=self.group.ready_count(),
                      previous_world_size=self.world_size)
         return State.SCHEDULING
-
-    # ---- while running ------------------------------------------------------------------------
-    def _handle_requests(self) -> None:
-        for request in self.requests.poll():
-            if request.get("stop"):
-                self._record("stop_requested")
-                self._direct(Directive.STOP)
-            elif "workers" in request:
-                workers = int(request["workers"])
-                if self.scaling.best(workers, workers) != workers:
-                    self._record("scale_refused", workers=workers,
-                                 reason="outside scaling.workers or the batch does not divide")
-                    continue
-                self.requested_workers = workers
-                self._record("scale_requested", workers=workers)
-        decision = self.scaling.decide(self.world_size, self.group.ready_count(), self.requested_workers)
-        if isinstance(decision, Resize) and self.requested_workers is not None:
-            self.group.spawn_up_to(decision.workers + self.spares)
-            self._direct(Directive.RESIZE, reason=decision.reason)
-
-    def _wanted(self) -> int:
-        return self.scaling.best(10**9, self.requested_workers) or self.scaling.max_workers
-
-    def _maybe_grow(self) -> None:
-        want = self._wanted()
-        if self.world_size >= want:
-            return
-        self.group.spawn_up_to(want + self.spares)
-        ready = self.group.refresh(wait_s=0.0)
-        decision = self.scaling.decide(self.world_size, ready, self.requested_workers)
-        if isinstance(decision, Resize) and decision.workers > self.world_size:
-            self._direct(Directive.RESIZE, reason=decision.reason)
-
-    def _direct(self, directive: Directive, reason: str = "") -> None:
-        if directive <= self.directive:
-            return
-        self.directive = directive
-        write_directive(self.run_dir, self.owner, self.attempt, directive)
-        self._record("directive", directive=directive.name, reason=reason)
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def _record(self, event: str, **fields) -> None:
@@ -236,12 +189,7 @@ class ElasticController:
     def _write_status(self) -> None:
         status = {
             "state": self.state.value, "attempt": self.attempt, "world_size": self.world_size,
-            "failures": self.failures, "requested_workers": self.requested_workers,
+            "failures": self.failures, "requested_workers": self.steering.requested_workers,
             "time": self.clock(),
         }
-        (self.run_dir / "controller.json").write_text(json.dumps(status))
-
-
-def _last_step(run_dir: Path) -> int:
-    steps = [r["step"] for r in read_jsonl(run_dir / METRICS_FILE) if "step" in r]
-    return max(steps, default=0)
+        atomic_write_text(RunFiles(self.run_dir).controller_state, json.dumps(status))

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.spec import ChaosSection
+from orchestrator.compat.ray import on_head_node
+from orchestrator.config.spec import ChaosSection
+from orchestrator.run.files import RunFiles
 
 
 class Chaos:
     def __init__(self, chaos: ChaosSection, run_dir: Path, rank: int, world_size: int) -> None:
         self.chaos = chaos
-        self.markers = Path(run_dir) / "chaos"
+        self.markers = RunFiles(run_dir).chaos
         self.rank = rank
         self.world_size = world_size
 
@@ -43,19 +45,8 @@ class Chaos:
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
         os.close(fd)
-        if node and not _on_head_node():
+        if node and not on_head_node():
             # A Ray worker process is a child of its node's raylet: killing the raylet
             # takes the node, and every worker on it, out of the cluster.
             os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _on_head_node() -> bool:
-    """Removing the head node would end the cluster, so node faults skip it."""
-    import ray
-
-    here = ray.get_runtime_context().get_node_id()
-    for node in ray.nodes():
-        if node["NodeID"] == here:
-            return "node:__internal_head__" in node["Resources"]
-    return True

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.elastic.worker import TrainWorker
+from orchestrator.execution.elastic.worker import TrainWorker
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
-"""The job spec: job.yaml as typed, documented models, validated once at load.
+"""The job spec: job.yaml as typed, documented models.
 
-Precedence: `--set a.b=c` overrides > job.yaml > the defaults written here.
+Each section checks its own keys; `JobSpec` checks what needs several sections at
+once but nothing that needs the process layout or the model (config/checks.py runs
+those after this validation, and config/loading.py reads files and overrides).
 Unknown keys are rejected. Every error names its key path, shows the bad value
-and says what to change; all problems are reported together.
+and says what to change.
 
 Exercised by: pytest tests/test_spec.py
 """
@@ -12,11 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 import models
 import strategies
-from orchestrator.errors import JobSpecError
+from orchestrator.data.formats import BUILTIN_SOURCES, FILE_FORMATS
 
 
 class Section(BaseModel):
@@ -35,8 +37,6 @@ class ModelSection(Section):
     )
 
 
-BUILTIN_SOURCES = ("synthetic", "digits", "chars")
-FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 PrepareStep = Literal["dropna", "normalize", "encode_labels", "tokenize_chars"]
 
 
@@ -264,11 +264,6 @@ class JobSpec(Section):
         strategy_check = strategies.get_strategy(self.strategy.name).check_job
         if strategy_check is not None:
             problems += strategy_check(self.strategy, self)
-        problems += batch_problems(self)
-        if not problems:
-            from orchestrator.plan import strategy_problems  # plan imports spec types
-
-            problems += strategy_problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -282,115 +277,3 @@ class JobSpec(Section):
         if self.data.task != "auto":
             return self.data.task
         return {"chars": "lm"}.get(self.data.source, "classification")
-
-
-def batch_problems(spec: JobSpec) -> list[str]:
-    """Refuse a worker range with a count whose batch arithmetic does not divide.
-
-    In an elastic range, counts the layout itself cannot take (tensor x pipeline not
-    dividing them) are skipped: the controller never runs at those counts.
-    """
-    from orchestrator.plan import batch_layout, layout_for  # plan imports spec types
-
-    problems, usable = [], []
-    counts = range(spec.scaling.min_workers, spec.scaling.max_workers + 1)
-    for workers in counts:
-        try:
-            layout_for(spec, workers)
-        except strategies.LayoutError as error:
-            if len(counts) == 1:
-                problems.append(f"scaling.workers: {workers} workers: {error}")
-            continue
-        try:
-            batch_layout(spec, workers)
-            usable.append(workers)
-        except ValueError as error:
-            problems.append(str(error))
-    if problems or not usable:
-        fits = [n for n in range(1, 4 * spec.scaling.max_workers + 1) if _fits(spec, n)]
-        problems.append(
-            f"scaling.workers: {list(_as_tuple(spec.scaling.workers))} includes counts the job cannot "
-            f"be split over; counts that fit: {', '.join(map(str, fits)) or 'none'}"
-        )
-    return problems
-
-
-def _as_tuple(workers: int | tuple[int, int]) -> tuple[int, ...]:
-    return (workers,) if isinstance(workers, int) else tuple(workers)
-
-
-def _fits(spec: JobSpec, workers: int) -> bool:
-    from orchestrator.plan import batch_layout
-
-    try:
-        batch_layout(spec, workers)
-        return True
-    except ValueError:
-        return False
-
-
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read job.yaml, apply `a.b=c` overrides, validate everything once.
-
-    Raises:
-        JobSpecError: listing every problem, each naming its key path.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise JobSpecError([f"job file {str(path)!r} does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise JobSpecError([f"{path}: not valid YAML: {error}"]) from None
-    if not isinstance(raw, dict):
-        raise JobSpecError([f"{path}: the top level must be a mapping of sections"])
-    for override in overrides or []:
-        apply_override(raw, override)
-    return spec_from_dict(raw, base_dir=path.parent)
-
-
-def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path(".")) -> JobSpec:
-    try:
-        return JobSpec.model_validate({**raw, "base_dir": base_dir})
-    except ValidationError as error:
-        raise JobSpecError(_describe(error)) from None
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (so 2, [1, 4], true)."""
-    key, sep, text = override.partition("=")
-    if not sep or not key:
-        raise JobSpecError([f"--set {override!r}: write it as section.key=value"])
-    *parents, leaf = key.strip().split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise JobSpecError([f"--set {override!r}: {part!r} is not a section"])
-    node[leaf] = yaml.safe_load(text)
-
-
-def _describe(error: ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{location}: unknown key (value {item['input']!r}); remove it or check the spelling")
-        elif item["type"] == "missing":
-            problems.append(f"{location}: required key is missing")
-        elif location:
-            problems.append(f"{location}: {message} (got {item['input']!r})")
-        else:
-            problems.extend(message.splitlines())
-    return problems
-
-
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in strategies.STRATEGY_REGISTRY
-
-
-def dump_spec(spec: JobSpec) -> str:
-    """The resolved spec as YAML, every default written out."""
-    data = spec.model_dump(mode="json")
-    return yaml.safe_dump(data, sort_keys=False)

@@ -24,7 +24,7 @@ class TrainWorker:
     def __init__(self, spec, run_dir: str, data_ref_holder: list, threads: int, use_gpu: bool) -> None:
         import torch
 
-        from orchestrator.train_loop import configure_runtime
+        from orchestrator.training.context import configure_runtime
 
         self.spec = spec
         self.run_dir = Path(run_dir)
@@ -49,7 +49,8 @@ class TrainWorker:
                     failure: dict | None, owner: str, driver: tuple[str, int]) -> str:
         import torch.distributed as dist
 
-        from orchestrator.train_loop import WorkerContext, train
+        from orchestrator.training.context import WorkerContext
+        from orchestrator.training.loop import train
 
         backend = "nccl" if self.use_gpu else "gloo"
         dist.init_process_group(

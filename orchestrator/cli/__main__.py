@@ -1,0 +1,3 @@
+from orchestrator.cli.commands import app
+
+app()

@@ -1,0 +1,91 @@
+"""Reading a job: job.yaml, then `--set a.b=c` overrides, then every check, once.
+
+Precedence: overrides > job.yaml > the defaults in config/spec.py. All problems
+are reported together, each naming its key path.
+
+Exercised by: pytest tests/test_spec.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+import strategies
+from orchestrator.config.checks import job_problems
+from orchestrator.config.spec import JobSpec
+from orchestrator.errors import JobSpecError
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read job.yaml, apply `a.b=c` overrides, validate everything once.
+
+    Raises:
+        JobSpecError: listing every problem, each naming its key path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JobSpecError([f"job file {str(path)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise JobSpecError([f"{path}: not valid YAML: {error}"]) from None
+    if not isinstance(raw, dict):
+        raise JobSpecError([f"{path}: the top level must be a mapping of sections"])
+    for override in overrides or []:
+        apply_override(raw, override)
+    return spec_from_dict(raw, base_dir=path.parent)
+
+
+def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path(".")) -> JobSpec:
+    """Validate a job given as a mapping; relative data paths resolve against `base_dir`."""
+    try:
+        spec = JobSpec.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as error:
+        raise JobSpecError(_describe(error)) from None
+    problems = job_problems(spec)
+    if problems:
+        raise JobSpecError(problems)
+    return spec
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (so 2, [1, 4], true)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise JobSpecError([f"--set {override!r}: write it as section.key=value"])
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise JobSpecError([f"--set {override!r}: {part!r} is not a section"])
+    node[leaf] = yaml.safe_load(text)
+
+
+def _describe(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{location}: unknown key (value {item['input']!r}); remove it or check the spelling")
+        elif item["type"] == "missing":
+            problems.append(f"{location}: required key is missing")
+        elif location:
+            problems.append(f"{location}: {message} (got {item['input']!r})")
+        else:
+            problems.extend(message.splitlines())
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in strategies.STRATEGY_REGISTRY
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML, every default written out."""
+    data = spec.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,40 @@
+"""The `elastic` backend: our controller over worker actors we hold ourselves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.spec import JobSpec
+from orchestrator.errors import TrainingError
+from orchestrator.execution.resources import CPUS_KEPT_FOR_DATA, WorkerResources
+
+
+class ElasticBackend:
+    controllable = True
+
+    def spares(self, spec: JobSpec) -> int:
+        return spec.scaling.spares
+
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
+        from orchestrator.execution.elastic.controller import ElasticController, State, Timings
+        from orchestrator.execution.elastic.group import RayWorkerGroup
+        from orchestrator.execution.elastic.policies import FailurePolicy, ScalingPolicy
+        from orchestrator.planning.layout import batch_fits
+
+        scaling = spec.scaling
+        group = RayWorkerGroup(
+            spec, str(run_dir), data_ref, resources.ray_resources(),
+            resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA,
+        )
+        controller = ElasticController(
+            group,
+            run_dir,
+            FailurePolicy(spec.failure.max_failures),
+            ScalingPolicy(scaling.min_workers, scaling.max_workers, lambda n: batch_fits(spec, n)),
+            spares=scaling.spares,
+            timings=Timings(replace_timeout_s=spec.failure.replace_timeout_s),
+        )
+        state = controller.run()
+        if state == State.ERRORED:
+            raise TrainingError(controller.error or "the elastic controller gave up")
+        return state.value

@@ -1,0 +1,114 @@
+"""Driver side of a run: Ray up, data prepared, workers sized, a backend run, a summary.
+
+With no cluster address an embedded Ray is started, sized to this machine, and
+shut down at the end; with `--address` (or RAY_ADDRESS) the run joins that cluster.
+
+Exercised by: orchestrator launch examples/quickstart.yaml
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator.config.loading import dump_spec
+from orchestrator.config.spec import JobSpec
+from orchestrator.errors import TrainingError
+from orchestrator.execution.backend import backend_for
+from orchestrator.execution.progress import ProgressReporter
+from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
+from orchestrator.execution.resources import WorkerResources, size_workers
+from orchestrator.run.control import claim_driver
+from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.run.summary import write_summary
+
+
+def default_run_dir(spec: JobSpec) -> Path:
+    return Path("runs") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+class Launcher:
+    """Runs one job to the end (or to a failure it cannot recover from)."""
+
+    def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None) -> None:
+        self.spec = spec
+        self.run_dir = Path(run_dir).resolve()
+        self.address = address or os.environ.get("RAY_ADDRESS")
+        self.backend = backend_for(spec.scaling.backend)
+
+    def run(self) -> dict:
+        refuse_ray_client(self.address)
+        self._open_run_dir()
+        started = time.time()
+        _say(f"run directory: {self.run_dir}")
+        embedded = start_ray(self.address, _say)
+        try:
+            state, error = self._train()
+        finally:
+            if embedded:
+                import ray
+
+                ray.shutdown()
+        summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
+        if error is not None:
+            raise TrainingError(f"training failed: {error}") from error
+        _say(f"{summary['status']}: {self.run_dir}")
+        return summary
+
+    def _open_run_dir(self) -> None:
+        files = RunFiles(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(files.job, dump_spec(self.spec))
+        claim_driver(self.run_dir)
+        files.summary.unlink(missing_ok=True)  # a resumed run is running again
+        _log_to_file(files.controller_log)
+
+    def _train(self) -> tuple[str, BaseException | None]:
+        """Prepare the data, then run the backend on a thread while showing progress."""
+        import ray
+
+        from orchestrator.data.pipeline import prepare_data
+
+        resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec))
+        configure_ray_data()
+        data = prepare_data(self.spec)
+        _say(f"data: {data.describe()}")
+        _say(_describe_workers(resources, self.spec.strategy.name))
+        data_ref = ray.put(data)
+        outcome: dict = {"error": None, "state": "finished"}
+
+        def target() -> None:
+            try:
+                outcome["state"] = self.backend.run(self.spec, self.run_dir, data_ref, resources)
+            except Exception as error:  # kept for the summary, raised by run()
+                outcome["error"] = error
+
+        thread = threading.Thread(target=target, name="training", daemon=True)
+        thread.start()
+        with ProgressReporter(self.run_dir, self.spec) as progress:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+                progress.update()
+            progress.update()
+        return outcome["state"], outcome["error"]
+
+
+def _describe_workers(resources: WorkerResources, strategy: str) -> str:
+    gpu = " + 1 GPU" if resources.use_gpu else ""
+    return f"workers: {resources.workers} x {resources.cpus_per_worker:g} CPU{gpu}, strategy {strategy}"
+
+
+def _log_to_file(path: Path) -> None:
+    """The driver's own decisions (restarts, resizes) go to RUN_DIR/controller.log."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("orchestrator")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+
+def _say(message: str) -> None:
+    print(f"[orchestrator] {message}", flush=True)

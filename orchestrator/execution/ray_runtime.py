@@ -1,0 +1,57 @@
+"""Ray for one run: an embedded local Ray sized to this machine, or a cluster to join."""
+from __future__ import annotations
+
+import logging
+import os
+
+from orchestrator.errors import ResourceError
+
+
+def refuse_ray_client(address: str | None) -> None:
+    """Ray Data's executor does not run over Ray Client, so `ray://` cannot host a run.
+
+    Raises:
+        ResourceError: naming the address forms that work.
+    """
+    if address and address.startswith("ray://"):
+        raise ResourceError(
+            f"--address {address}: Ray Client addresses are not supported (Ray Data does "
+            "not run over Ray Client); run the driver on a cluster node with --address HOST:6379 "
+            "or --address auto"
+        )
+
+
+def start_ray(address: str | None, say) -> bool:
+    """Join the cluster at `address`, or start an embedded Ray. Returns whether it is
+    embedded (and so must be shut down by the caller)."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # Progress comes from our own reporter; Ray's own INFO lines would drown it.
+    for name in ("ray", "ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if address:
+        say(f"joining Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return False
+    # address="local": start a new Ray even when another one runs on this machine
+    # (without it ray.init joins the newest local cluster it finds).
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+def configure_ray_data() -> None:
+    """A reproducible row order, and no progress output of Ray Data's own."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

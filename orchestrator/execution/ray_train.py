@@ -1,0 +1,72 @@
+"""The `ray_train` backend: Ray Train's TorchTrainer runs the loop on its worker group.
+
+Ray Train sets up torch.distributed and restarts the whole group after a failure,
+up to `failure.max_failures`; each restart resumes from the newest valid checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.spec import JobSpec
+from orchestrator.execution.resources import WorkerResources
+from orchestrator.run.files import RunFiles
+
+
+class RayTrainBackend:
+    controllable = False
+
+    def spares(self, spec: JobSpec) -> int:
+        return 0  # Ray Train starts a whole new group; standby workers have no use
+
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "spec": spec,
+                "run_dir": str(run_dir),
+                "data_ref": data_ref,
+                "threads_per_worker": resources.threads_per_worker,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=resources.workers,
+                use_gpu=resources.use_gpu,
+                resources_per_worker=resources.ray_resources(),
+            ),
+            run_config=RunConfig(
+                storage_path=str(RunFiles(run_dir).ray_storage),
+                name="train",
+                failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        return "finished"
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`: Ray has set up torch.distributed already."""
+    import ray
+    import ray.train
+    import torch
+
+    from orchestrator.training.context import WorkerContext, configure_runtime
+    from orchestrator.training.loop import train
+
+    ctx = ray.train.get_context()
+    spec: JobSpec = config["spec"]
+    device = ray.train.torch.get_device() if spec.scaling.use_gpu else torch.device("cpu")
+    worker = WorkerContext(
+        spec=spec,
+        run_dir=Path(config["run_dir"]),
+        data=ray.get(config["data_ref"]),
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=device,
+    )
+    configure_runtime(spec, config.get("threads_per_worker", 1))
+    train(worker)

@@ -1,0 +1,63 @@
+"""Sizing the workers to the cluster, keeping CPUs free for Ray Data."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from orchestrator.config.spec import JobSpec
+from orchestrator.errors import ResourceError
+
+# Ray Data's read and transform tasks need CPUs of their own while workers hold
+# theirs: with every CPU reserved by workers they wait forever, silently.
+CPUS_KEPT_FOR_DATA = 1.0
+MIN_CPUS_PER_WORKER = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    workers: int | tuple[int, int]
+    cpus_per_worker: float
+    threads_per_worker: int
+    use_gpu: bool
+
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def ray_resources(self) -> dict[str, float]:
+        resources = {"CPU": self.cpus_per_worker, **self.extra}
+        if self.use_gpu:
+            resources["GPU"] = 1.0
+        return resources
+
+
+def size_workers(spec: JobSpec, cluster: dict[str, float], spares: int) -> WorkerResources:
+    """Fit the workers (and `spares` standby workers) into the cluster.
+
+    Raises:
+        ResourceError: naming the scaling key to change.
+    """
+    scaling = spec.scaling
+    count = scaling.max_workers + spares
+    cpus = cluster.get("CPU", 0.0)
+    if scaling.use_gpu and cluster.get("GPU", 0.0) < scaling.min_workers:
+        raise ResourceError(
+            f"scaling.use_gpu: the job needs {scaling.min_workers} GPUs (one per worker) and the "
+            f"cluster has {int(cluster.get('GPU', 0))}; lower scaling.workers or set use_gpu: false"
+        )
+    spare = cpus - CPUS_KEPT_FOR_DATA
+    per_worker = scaling.cpus_per_worker or min(1.0, math.floor(spare / count * 100) / 100)
+    if per_worker < MIN_CPUS_PER_WORKER or per_worker * (scaling.min_workers + spares) > spare:
+        raise ResourceError(
+            f"scaling: {scaling.min_workers} workers (+{spares} spares) x {per_worker:g} CPUs do not fit in the "
+            f"cluster's {cpus:g} CPUs while keeping {CPUS_KEPT_FOR_DATA:g} for data loading; "
+            "lower scaling.workers or scaling.cpus_per_worker, or add nodes"
+        )
+    physical = os.cpu_count() or 1
+    workers = scaling.workers if isinstance(scaling.workers, int) else tuple(scaling.workers)
+    return WorkerResources(
+        workers=workers,
+        cpus_per_worker=per_worker,
+        threads_per_worker=max(1, physical // scaling.max_workers),
+        use_gpu=scaling.use_gpu,
+        extra=dict(scaling.worker_resources),
+    )

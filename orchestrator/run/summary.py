@@ -1,0 +1,40 @@
+"""`summary.json`: the outcome of a run, written once by the driver at the end."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.run.records import RunRecords
+
+
+def summarize(run_dir: Path) -> dict:
+    """Steps, final loss and validation metrics, restarts, from what the run wrote."""
+    records = RunRecords(run_dir)
+    steps = records.steps()
+    failures = [dict(r["failure"], step=r["step"]) for r in steps if "failure" in r]
+    summary: dict = {
+        "steps": steps[-1]["step"] if steps else 0,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "restarts": records.restarts(),
+        "failures": failures,
+        "world_sizes": sorted({r["world_size"] for r in steps}),
+    }
+    validation = [r for r in steps if "val_loss" in r]
+    if validation:
+        summary["validation"] = {k: v for k, v in validation[-1].items() if k.startswith("val_")}
+        summary["first_validation"] = {k: v for k, v in validation[0].items() if k.startswith("val_")}
+    if records.files.weights.is_file():
+        summary["weights"] = records.files.weights.name
+    return summary
+
+
+def write_summary(run_dir: Path, status: str, wall_time_s: float, error: BaseException | None) -> dict:
+    """Write `summary.json` for a run that ended with `status`; returns what was written."""
+    summary = summarize(run_dir)
+    summary.update({"wall_time_s": wall_time_s, "status": status, "time": time.time()})
+    if error is not None:
+        summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+    atomic_write_text(RunFiles(run_dir).summary, json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,37 @@
+"""What one worker knows about its attempt, and the process settings it trains under."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.config.spec import JobSpec
+from orchestrator.data.pipeline import PreparedData
+
+
+@dataclass
+class WorkerContext:
+    spec: JobSpec
+    run_dir: Path
+    data: PreparedData
+    rank: int
+    world_size: int
+    device: torch.device
+    attempt: int = 0
+    # The failure this attempt recovers from, as the controller saw it; attached to
+    # the first step record so metrics.jsonl shows detection, recovery and redone steps.
+    failure: dict[str, Any] | None = None
+    owner: str | None = None  # the driver this attempt belongs to (elastic backend)
+    driver: tuple[str, int] | None = None  # (node id, pid) of that driver
+
+
+def configure_runtime(spec: JobSpec, threads: int) -> None:
+    """Thread count and determinism for this worker process; once per process."""
+    torch.set_num_threads(max(1, threads))
+    if spec.train.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,214 @@
+"""The loop every worker runs: build, resume, train, validate, checkpoint, export.
+
+Both backends call `train` on every rank once torch.distributed is set up (gloo on
+CPU, NCCL on GPU). A restarted attempt runs it again from the top and it resumes
+from the newest valid checkpoint; the step number is the data cursor.
+
+Exercised by: orchestrator launch examples/quickstart.yaml
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import models
+import strategies
+from orchestrator.data.sampler import GlobalBatchSampler
+from orchestrator.planning.layout import BatchLayout, batch_layout
+from orchestrator.run.control import Directive, process_alive
+from orchestrator.run.files import RunFiles
+from orchestrator.run.records import EventLog, MetricsLog
+from orchestrator.training.audit import record_sample_ids
+from orchestrator.training.batches import batch_tensors
+from orchestrator.training.chaos import Chaos
+from orchestrator.training.checkpoint import CheckpointManager, TrainerState
+from orchestrator.training.collectives import all_reduce, barrier
+from orchestrator.training.context import WorkerContext
+from orchestrator.training.directives import DirectiveReader, RunTakenOver
+from orchestrator.training.evaluation import loss_function, validate
+from orchestrator.training.optim import build_optimizer, build_scheduler
+
+
+class Outcome:
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    RESIZE = "resize"
+
+
+@dataclass
+class Attempt:
+    """What one attempt built and writes to, handed to the loop's helpers."""
+
+    w: WorkerContext
+    layout: BatchLayout
+    strategy: strategies.Strategy
+    checkpoints: CheckpointManager
+    events: EventLog
+
+
+def train(w: WorkerContext) -> str:
+    """Train from the newest valid checkpoint to `train.steps`, or until the controller
+    asks to stop or resize. Returns an `Outcome`."""
+    spec = w.spec
+    layout = batch_layout(spec, w.world_size)
+    events = EventLog(w.run_dir, enabled=w.rank == 0)
+    checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size)
+    attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events)
+    step = resume(attempt)
+
+    sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
+    metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
+    loss_fn = loss_function(w.data.task)
+    directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank, _driver_watch(w))
+    chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
+    failure = dict(w.failure, steps_redone=w.failure["last_step"] - step) if w.failure else None
+    resize_requested = False
+
+    # ---- train ------------------------------------------------------------------------------
+    while step < spec.train.steps:
+        started = time.perf_counter()
+        lr = attempt.strategy.scheduler.get_last_lr()[0]
+        loss, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)
+        step += 1
+        elapsed = time.perf_counter() - started
+        directive = directives.poll()
+        if directive == Directive.ABANDON:
+            raise RunTakenOver(f"{w.run_dir} is owned by a newer driver; this attempt stops")
+        record = step_record(attempt, sampler, step, loss, lr, grad_norm, elapsed)
+        if _due(step, spec.train.validate_every) or step == spec.train.steps:
+            record.update(validate(w, attempt.strategy, loss_fn))
+        if failure is not None:
+            record["failure"] = dict(failure, recovery_s=time.time() - failure["detected_at"])
+            failure = None
+        metrics.write(record)
+
+        # ---- checkpoint; act on the controller's directive ------------------------------
+        resize_requested |= directive == Directive.RESIZE
+        outcome = checkpoint_and_direct(attempt, step, directive, resize_requested)
+        if outcome is not None:
+            return outcome
+        chaos.after_step(step)
+
+    export_weights(attempt, step)
+    return Outcome.FINISHED
+
+
+def build_strategy(w: WorkerContext, layout: BatchLayout) -> strategies.Strategy:
+    """Model -> strategy (wrap / shard) -> optimizer and schedule."""
+    spec = w.spec
+    torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
+    model = models.build_model(spec.model.name, spec.model.options, **w.data.model_arguments())
+    strategy = strategies.get_strategy(spec.strategy.name).build(spec.strategy, layout.dims)
+    strategy.configure_steps(
+        strategies.StepShape(layout.micro_batch, layout.accumulation, spec.train.grad_clip)
+    )
+    strategy.setup(
+        model,
+        make_optimizer=lambda params: build_optimizer(spec, params),
+        make_scheduler=lambda optimizer: build_scheduler(spec, optimizer),
+        device=w.device,
+        precision=spec.train.precision,
+    )
+    return strategy
+
+
+def resume(attempt: Attempt) -> int:
+    """Load the newest valid checkpoint, if any; returns the step to continue from."""
+    w, step = attempt.w, 0
+    latest = attempt.checkpoints.latest_valid()
+    if latest is not None:
+        step = attempt.checkpoints.load(latest, attempt.strategy.load).step
+        attempt.events.write("resumed", step=step, checkpoint=latest.name, world_size=w.world_size)
+    attempt.events.write("started", step=step, world_size=w.world_size, dims=attempt.layout.dims.__dict__)
+    return step
+
+
+def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[float, float | None]:
+    """One optimizer step over this rank's share of the global batch."""
+    ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
+    if w.spec.train.audit_samples:
+        record_sample_ids(w, step + 1, ids, strategy.dp_rank)
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of micro-batch losses, count]
+    micro_batches = np.split(ids, layout.accumulation)
+    for i, micro_ids in enumerate(micro_batches):
+        inputs, targets = batch_tensors(w.data.train, micro_ids, w.device)
+        with strategy.accumulate(is_last_micro_batch=i == len(micro_batches) - 1):
+            loss = strategy.forward_backward(inputs, targets, loss_fn, 1.0 / layout.accumulation)
+        if strategy.computes_loss:
+            loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+    grad_norm = strategy.step(w.spec.train.grad_clip)
+    all_reduce(loss_sum)
+    return float(loss_sum[0] / loss_sum[1]), grad_norm
+
+
+def step_record(attempt: Attempt, sampler, step: int, loss: float, lr: float,
+                grad_norm: float | None, elapsed: float) -> dict[str, Any]:
+    """The metrics record of one step (validation and failure fields are added after)."""
+    layout, strategy = attempt.layout, attempt.strategy
+    record = {
+        "step": step,
+        "loss": loss,
+        "lr": lr,
+        "world_size": attempt.w.world_size,
+        "samples_per_s": layout.global_batch / elapsed,
+        "step_time_s": elapsed,
+        "epoch": sampler.epoch_of(step - 1),
+        "accumulation": layout.accumulation,
+    }
+    if grad_norm is not None:
+        record["grad_norm"] = grad_norm
+    record.update({f"mem_{k}_bytes": v for k, v in strategy.memory_bytes().items()})
+    record.update(strategy.metrics())
+    return record
+
+
+def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
+                          resize_requested: bool) -> str | None:
+    """Checkpoint at a boundary or on STOP; return the outcome that ends the attempt, if any."""
+    w, layout = attempt.w, attempt.layout
+    last = step == w.spec.train.steps
+    at_boundary = _due(step, w.spec.checkpoint.every_steps) or last
+    if at_boundary or directive == Directive.STOP:
+        state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
+        path = attempt.checkpoints.save(state, attempt.strategy.save)
+        attempt.events.write("checkpoint", step=step, path=path.name)
+    if directive == Directive.STOP and not last:
+        attempt.events.write("stopped", step=step)
+        return Outcome.STOPPED
+    if resize_requested and at_boundary and not last:
+        attempt.events.write("resize_boundary", step=step, world_size=w.world_size)
+        return Outcome.RESIZE
+    return None
+
+
+def export_weights(attempt: Attempt, step: int) -> None:
+    """Gather the final weights (every rank takes part) and write them on rank 0."""
+    weights = attempt.strategy.full_model_state()
+    if attempt.w.rank == 0:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous() for k, v in weights.items()}
+        save_file(tensors, str(RunFiles(attempt.w.run_dir).weights))
+        attempt.events.write("finished", step=step)
+    barrier()
+
+
+def _driver_watch(w: WorkerContext):
+    """A check that the driver still runs, for ranks on the driver's node. Ray ends a
+    dead driver's workers too, but only after a while; until then they must not write."""
+    if w.driver is None:
+        return None
+    import ray
+
+    node, pid = w.driver
+    if ray.get_runtime_context().get_node_id() != node:
+        return None
+    return lambda: process_alive(pid)
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
