@@ -18,6 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
 
@@ -35,14 +36,19 @@ class FSDPOptions(BaseModel):
     )
 
 
-def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> nn.Module:
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool | None = None) -> nn.Module:
     """Shard `model` over `dp_mesh`, block by block, then the root.
 
-    Blocks go first so each becomes its own gather-and-free unit; the root then
-    takes whatever parameters no block owns. A model without `blocks` (see
-    models/sequential.py) is one unit: still sharded at rest, gathered whole to run.
+    Blocks go first so each becomes its own gather-and-free unit; the root then takes
+    whatever parameters no block owns. A model without blocks (see strategies/blocks.py)
+    is one unit: still sharded at rest, gathered whole to run.
+
+    Args:
+        reshard_after_forward: free each unit's gathered parameters after its forward
+            (True) or keep them for backward (False); None is torch's choice: True for
+            the blocks, False for the root, whose backward comes first.
     """
-    for block in getattr(model, "blocks", []):
+    for block in repeated_blocks(model):
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     return model

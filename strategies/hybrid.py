@@ -28,17 +28,17 @@ from torch import nn
 from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from strategies.base import LossFn, OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.blocks import blocks_of
+from strategies.fsdp import apply_fsdp
 from strategies.mesh import ParallelDims
 from strategies.pipeline_parallel import (
     SCHEDULES,
     LocalStages,
     Pipeline,
     balanced_split_points,
-    blocks_of,
     build_schedule,
     pipeline_forward,
     pipeline_parallelize,
@@ -173,13 +173,9 @@ def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, kind: str) -> nn.
     FSDP's.
     """
     if kind == "fsdp":
-        layers = getattr(model, "layers", None)
-        blocks = layers.values() if isinstance(layers, nn.ModuleDict) else (layers or [])
-        for block in blocks:
-            fully_shard(block, mesh=dp_mesh)
-        fully_shard(model, mesh=dp_mesh)
-    else:
-        replicate(model, mesh=dp_mesh)
+        # torch's default resharding: the root keeps its parameters gathered for backward.
+        return apply_fsdp(model, dp_mesh, reshard_after_forward=None)
+    replicate(model, mesh=dp_mesh)
     return model
 
 
