@@ -25,13 +25,13 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from strategies.base import LossFn, OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
 from strategies.blocks import blocks_of
+from strategies.compat import torch as compat_torch
 from strategies.fsdp import apply_fsdp
 from strategies.mesh import ParallelDims
 from strategies.pipeline_parallel import (
@@ -167,16 +167,13 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict[str, str], data_p
 def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, kind: str) -> nn.Module:
     """`ddp`: full replicas, gradients averaged; `fsdp`: FSDP2, block by block then the root.
 
-    DDP is replicate(), the DDP built on FSDP2's machinery: torch's DistributedDataParallel
-    refuses DTensor parameters, while replicate() composes with tensor parallelism, and
-    pipeline stages hold its gradient sync back to a schedule's last micro-batch as they do
-    FSDP's.
+    DDP is replicate() (see strategies/compat/torch.py), not torch's DistributedDataParallel,
+    which refuses the DTensor parameters tensor parallelism makes.
     """
     if kind == "fsdp":
         # torch's default resharding: the root keeps its parameters gathered for backward.
         return apply_fsdp(model, dp_mesh, reshard_after_forward=None)
-    replicate(model, mesh=dp_mesh)
-    return model
+    return compat_torch.replicate(model, mesh=dp_mesh)
 
 
 def clip_grad_norm_(

@@ -23,7 +23,8 @@ No other op is needed: the optimizer is torch's (ZeRO's "untested optimizer" pat
 Checkpoints are DeepSpeed's own, one optimizer-state file per data-parallel rank.
 ZeRO cannot load them at another data-parallel size, so after a resize they are
 converted once to DeepSpeed's universal format (`ds_to_universal`) beside the
-original and loaded from there, optimizer state included.
+original and loaded from there, optimizer state included. The reaches into
+DeepSpeed's internals are in strategies/compat/deepspeed.py.
 
 Exercised by: pytest tests/test_strategy_parity.py -k zero tests/test_sharded_strategies.py
 """
@@ -45,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.compat import deepspeed as compat_deepspeed
 from strategies.deepspeed_config import deepspeed_config
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
@@ -58,17 +60,6 @@ INSTALL_HINT = (
 )
 TAG = "zero"  # checkpoint tag: DeepSpeed writes `<directory>/zero/`
 UNIVERSAL_TAG = "zero_universal"
-
-# Where DeepSpeed 0.19.8 keeps fp32 master weights and gradients beside the model's
-# own parameters (stages 1-2: DeepSpeedZeroOptimizer; stage 3: ..._Stage3).
-_MASTER_WEIGHTS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
-_GRADIENTS = (
-    "averaged_gradients",
-    "all_grad_tensors",
-    "grads_in_partition",
-    "grad_partitions_flat_buffer",
-    "accumulated_grads_in_cpu",
-)
 
 
 class ZeROOptions(BaseModel):
@@ -129,9 +120,8 @@ def import_deepspeed():
     except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    # Training never uses the shared-memory all-reduce (see the module docstring);
-    # marking it incompatible keeps DeepSpeed from compiling it at init.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Training never uses the shared-memory all-reduce (see the module docstring).
+    compat_deepspeed.skip_shared_memory_allreduce()
     return deepspeed
 
 
@@ -156,11 +146,9 @@ class ZeROStrategy(Strategy):
         # DeepSpeed insists on torchrun's LOCAL_RANK, which it uses to pick the device.
         # Ray Train sets it; a launcher that only joins a process group may not.
         os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
-        # Reuses the process group the launcher already set up. DeepSpeed keeps a clone
-        # of the world group in a module global; a worker that runs another attempt in
-        # the same process, on a new process group, must not reuse the dead one.
+        # Reuses the process group the launcher already set up.
         deepspeed.init_distributed(dist_backend=dist.get_backend())
-        deepspeed.utils.groups._WORLD_GROUP = None
+        compat_deepspeed.forget_world_group()
         model = model.to(device)
         optimizer = make_optimizer(model.parameters())
         if self.options.offload != "none":
@@ -181,7 +169,7 @@ class ZeROStrategy(Strategy):
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         if self.options.stage == 3 and self.options.offload == "none":
-            share_master_partitions(self.engine.optimizer)
+            compat_deepspeed.share_master_partitions(self.engine.optimizer)
         self.model = self.engine
         self.optimizer = optimizer  # now stepping DeepSpeed's fp32 partitions
         self.scheduler = scheduler
@@ -236,14 +224,8 @@ class ZeROStrategy(Strategy):
         self._load(directory, UNIVERSAL_TAG, universal=True)
 
     def _load(self, directory: Path, tag: str, universal: bool) -> None:
-        # DeepSpeed reads the universal switch from its config at load time; it is on
-        # for this one load only, as the saved layout decides it, not the job.
-        config = self.engine._config
-        config.load_universal_checkpoint = universal
-        try:
+        with compat_deepspeed.universal_checkpoint_loading(self.engine, universal):
             path, _ = self.engine.load_checkpoint(str(directory), tag=tag)
-        finally:
-            config.load_universal_checkpoint = False
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
 
@@ -275,33 +257,14 @@ class ZeROStrategy(Strategy):
             yield p.data
             if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
                 yield p.ds_tensor
-        yield from _attribute_tensors(self.engine.optimizer, _MASTER_WEIGHTS)
+        yield from compat_deepspeed.master_weights(self.engine.optimizer)
 
     def _gradient_bytes(self) -> int:
         zero_optimizer = self.engine.optimizer
         tensors = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        tensors += list(_attribute_tensors(zero_optimizer, _GRADIENTS))
-        tensors += [
-            t.grad for t in _attribute_tensors(zero_optimizer, _MASTER_WEIGHTS) if t.grad is not None
-        ]
+        tensors += list(compat_deepspeed.gradients(zero_optimizer))
+        tensors += [t.grad for t in compat_deepspeed.master_weights(zero_optimizer) if t.grad is not None]
         return held_bytes(tensors)
-
-
-def share_master_partitions(zero_optimizer: Any) -> None:
-    """Let stage 3's fp32 master partitions be its fp32 parameter partitions.
-
-    DeepSpeed 0.19.8 means to share them when the parameters are fp32 already
-    (stage3.py, `_create_fp32_partitions`), but it compares a torch.device with a
-    device name string, never equal in torch 2.13, and keeps a second copy. Pointing
-    each master tensor at its partition's storage keeps the tensor objects (the
-    optimizer's state is keyed by them) and frees the copy; DeepSpeed's copy from
-    master to partition after each step then copies a buffer onto itself.
-    """
-    for master, partition in zip(
-        zero_optimizer.fp32_partitioned_groups_flat, zero_optimizer.fp16_partitioned_groups_flat
-    ):
-        if master.dtype == partition.dtype and master.device == partition.device:
-            master.data = partition.data
 
 
 def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -358,20 +321,6 @@ def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
-
-
-def _attribute_tensors(owner: object, names: tuple[str, ...]) -> Iterator[torch.Tensor]:
-    """Tensors held in `owner`'s attributes `names`, which may be lists or dicts of them."""
-    for name in names:
-        stack = [getattr(owner, name, None)]
-        while stack:
-            value = stack.pop()
-            if isinstance(value, torch.Tensor):
-                yield value
-            elif isinstance(value, dict):
-                stack.extend(value.values())
-            elif isinstance(value, (list, tuple)):
-                stack.extend(value)
 
 
 register_strategy(
