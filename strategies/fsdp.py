@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.base import Strategy
 from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
@@ -59,22 +59,9 @@ class FSDPStrategy(Strategy):
         super().__init__(dims)
         self.options = options
 
-    def setup(
-        self,
-        model: nn.Module,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory,
-        device: torch.device,
-        precision: str,
-    ) -> None:
+    def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
         dp_mesh = init_device_mesh(device.type, (self.dims.dp,), mesh_dim_names=("dp",))
-        self.model = apply_fsdp(model.to(device), dp_mesh, self.options.reshard_after_forward)
-        # The optimizer is built over the sharded parameters, so its state is sharded too.
-        self.optimizer = make_optimizer(self.model.parameters())
-        self.scheduler = make_scheduler(self.optimizer)
-        # bf16 means autocast over fp32 weights, as for every strategy: the same math
-        # as the replicated run, with weights and gradients communicated in fp32.
-        self.autocast_dtype = autocast_dtype_for(precision)
+        return apply_fsdp(model.to(device), dp_mesh, self.options.reshard_after_forward)
 
     # No `accumulate` override: gradients are reduce-scattered after every micro-batch
     # and summed into the shards, so whole gradients never outlive one backward pass.

@@ -1,13 +1,17 @@
-"""Where strategies cut a model into blocks. Pure logic, no process group: milliseconds.
+"""Where strategies cut a model into blocks, and the setup every model-transforming
+strategy shares. Pure logic, no process group: milliseconds.
 
 Exercised by: pytest tests/test_strategy_layout.py
 """
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
+import strategies
 from models import build_model
+from strategies.base import Strategy
 from strategies.blocks import blocks_of, repeated_blocks
 from strategies.pipeline_parallel import StageModule
 from tests.user_models import linear_stack
@@ -66,3 +70,44 @@ def test_a_model_written_elsewhere_shards_its_outermost_repeated_blocks(no_split
     model = Decoder(no_split)
     # The experts inside each block stay part of their block's unit.
     assert repeated_blocks(model) == list(model.body.h)
+
+
+class Recorded(Strategy):
+    """Records the order of setup's steps."""
+
+    def __init__(self):
+        super().__init__(strategies.ParallelDims(world_size=1, dp=1))
+        self.calls = []
+
+    def parallelize(self, model, device):
+        self.calls.append(("parallelize", self.autocast_dtype))
+        return nn.Sequential(model.to(device))
+
+
+def test_setup_transforms_then_builds_the_optimizer_over_the_transformed_model():
+    strategy = Recorded()
+    model = nn.Linear(2, 2)
+
+    def make_optimizer(params):
+        params = list(params)
+        strategy.calls.append(("optimizer", [id(p) for p in params]))
+        return torch.optim.SGD(params, lr=0.1)
+
+    def make_scheduler(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    strategy.setup(model, make_optimizer, make_scheduler, torch.device("cpu"), "bf16")
+    assert strategy.calls == [
+        ("parallelize", torch.bfloat16),  # autocast is known before stages copy it
+        ("optimizer", [id(p) for p in strategy.model.parameters()]),
+    ]
+    assert isinstance(strategy.model, nn.Sequential) and strategy.scheduler.optimizer is strategy.optimizer
+
+
+def test_a_strategy_without_parallelize_says_what_to_implement():
+    class Bare(Strategy):
+        pass
+
+    bare = Bare(strategies.ParallelDims(world_size=1, dp=1))
+    with pytest.raises(NotImplementedError, match="parallelize"):
+        bare.setup(nn.Linear(1, 1), None, None, torch.device("cpu"), "fp32")
