@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -194,13 +194,12 @@ class Strategy:
         return {
             "params": sum(_local_bytes(p) for p in self.model.parameters()),
             "grads": self._grad_bytes_at_step,
-            "optimizer": sum(
-                _local_bytes(v)
-                for state in self.optimizer.state.values()
-                for v in state.values()
-                if isinstance(v, torch.Tensor)
-            ),
+            "optimizer": sum(_local_bytes(v) for v in self._optimizer_state_tensors()),
         }
+
+    def _optimizer_state_tensors(self) -> Iterator[torch.Tensor]:
+        for state in self.optimizer.state.values():
+            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
 
     def _gradient_bytes(self) -> int:
         return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)

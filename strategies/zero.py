@@ -20,10 +20,7 @@ Compiled ops. DeepSpeed compiles some C++ ops on first use:
   at install time instead: `DS_BUILD_CPU_ADAM=1 pip install deepspeed==0.19.8`.
 No other op is needed: the optimizer is torch's (ZeRO's "untested optimizer" path).
 
-Checkpoints are DeepSpeed's own, one optimizer-state file per data-parallel rank.
-ZeRO cannot load them at another data-parallel size, so after a resize they are
-converted once to DeepSpeed's universal format (`ds_to_universal`) beside the
-original and loaded from there, optimizer state included. The reaches into
+Checkpoints are DeepSpeed's own (strategies/zero_checkpoint.py); the reaches into
 DeepSpeed's internals are in strategies/compat/deepspeed.py.
 
 Exercised by: pytest tests/test_strategy_parity.py -k zero tests/test_sharded_strategies.py
@@ -34,9 +31,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
@@ -50,6 +44,7 @@ from strategies.compat import deepspeed as compat_deepspeed
 from strategies.deepspeed_config import deepspeed_config
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
+from strategies.zero_checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -58,8 +53,6 @@ INSTALL_HINT = (
     "strategy.name: zero needs DeepSpeed, which is not installed; "
     "install it with `pip install -e .[zero]` (deepspeed==0.19.8)"
 )
-TAG = "zero"  # checkpoint tag: DeepSpeed writes `<directory>/zero/`
-UNIVERSAL_TAG = "zero_universal"
 
 
 class ZeROOptions(BaseModel):
@@ -141,6 +134,8 @@ class ZeROStrategy(Strategy):
         device: torch.device,
         precision: str,
     ) -> None:
+        """Hand the model, our optimizer and our schedule to `deepspeed.initialize`, which
+        partitions them; DeepSpeed's flat partitions need it to own the optimizer."""
         assert self.step_shape is not None, "configure_steps must come before setup"
         deepspeed = import_deepspeed()
         # DeepSpeed insists on torchrun's LOCAL_RANK, which it uses to pick the device.
@@ -154,19 +149,10 @@ class ZeROStrategy(Strategy):
         if self.options.offload != "none":
             optimizer = cpu_adam_like(optimizer)
         scheduler = make_scheduler(optimizer)
-        config = deepspeed_config(
-            stage=self.options.stage,
-            offload=self.options.offload,
-            bucket_mb=self.options.bucket_mb,
-            param_persistence_threshold=self.options.param_persistence_threshold,
-            shape=self.step_shape,
-            dp_size=self.dp_size,
-            pin_memory=device.type == "cuda",
-        )
         # Given the schedule, the engine advances it once per applied optimizer step
         # and keeps its state in DeepSpeed's checkpoints.
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._config(device)
         )
         if self.options.stage == 3 and self.options.offload == "none":
             compat_deepspeed.share_master_partitions(self.engine.optimizer)
@@ -174,6 +160,18 @@ class ZeROStrategy(Strategy):
         self.optimizer = optimizer  # now stepping DeepSpeed's fp32 partitions
         self.scheduler = scheduler
         self.autocast_dtype = autocast_dtype_for(precision)
+
+    def _config(self, device: torch.device) -> dict[str, Any]:
+        options = self.options
+        return deepspeed_config(
+            stage=options.stage,
+            offload=options.offload,
+            bucket_mb=options.bucket_mb,
+            param_persistence_threshold=options.param_persistence_threshold,
+            shape=self.step_shape,
+            dp_size=self.dp_size,
+            pin_memory=device.type == "cuda",
+        )
 
     # ---- one optimizer step --------------------------------------------------------
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -204,30 +202,10 @@ class ZeROStrategy(Strategy):
 
     # ---- state ------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
+        save_checkpoint(self.engine, directory)
 
     def load(self, directory: Path) -> None:
-        # One optimizer-state file per data-parallel rank of the saving run.
-        saved_dp = len(list((directory / TAG).glob("*optim_states.pt")))
-        if saved_dp == 0:
-            raise RuntimeError(
-                f"{directory.parent} holds no ZeRO checkpoint; it was saved under another "
-                "strategy, which strategy.name: zero cannot resume from"
-            )
-        if saved_dp == self.dp_size:
-            self._load(directory, TAG, universal=False)
-            return
-        universal = directory / UNIVERSAL_TAG
-        if self.rank == 0 and not universal.is_dir():
-            convert_to_universal(directory / TAG, universal, self.options.stage)
-        dist.barrier()
-        self._load(directory, UNIVERSAL_TAG, universal=True)
-
-    def _load(self, directory: Path, tag: str, universal: bool) -> None:
-        with compat_deepspeed.universal_checkpoint_loading(self.engine, universal):
-            path, _ = self.engine.load_checkpoint(str(directory), tag=tag)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
+        load_checkpoint(self.engine, directory, self.dp_size, self.options.stage)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         module = self.engine.module
@@ -244,27 +222,31 @@ class ZeROStrategy(Strategy):
         """Bytes of the distinct storages this rank holds: ZeRO keeps parameters,
         gradients and optimizer state in flat buffers that many tensors view."""
         return {
-            "params": held_bytes(self._parameter_tensors()),
+            "params": held_bytes(parameter_tensors(self.engine)),
             "grads": self._grad_bytes_at_step,
-            "optimizer": held_bytes(
-                v for state in self.optimizer.state.values() for v in state.values()
-                if isinstance(v, torch.Tensor)
-            ),
+            "optimizer": held_bytes(self._optimizer_state_tensors()),
         }
 
-    def _parameter_tensors(self) -> Iterator[torch.Tensor]:
-        for p in self.engine.module.parameters():
-            yield p.data
-            if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
-                yield p.ds_tensor
-        yield from compat_deepspeed.master_weights(self.engine.optimizer)
-
     def _gradient_bytes(self) -> int:
-        zero_optimizer = self.engine.optimizer
-        tensors = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        tensors += list(compat_deepspeed.gradients(zero_optimizer))
-        tensors += [t.grad for t in compat_deepspeed.master_weights(zero_optimizer) if t.grad is not None]
-        return held_bytes(tensors)
+        return held_bytes(gradient_tensors(self.engine))
+
+
+def parameter_tensors(engine: DeepSpeedEngine) -> Iterator[torch.Tensor]:
+    """The parameters' storage on this rank: the model's, stage 3's shards, fp32 masters."""
+    for p in engine.module.parameters():
+        yield p.data
+        if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
+            yield p.ds_tensor
+    yield from compat_deepspeed.master_weights(engine.optimizer)
+
+
+def gradient_tensors(engine: DeepSpeedEngine) -> list[torch.Tensor]:
+    """The gradients on this rank: the parameters', ZeRO's buffers, the fp32 masters'."""
+    zero_optimizer = engine.optimizer
+    tensors = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    tensors += list(compat_deepspeed.gradients(zero_optimizer))
+    tensors += [t.grad for t in compat_deepspeed.master_weights(zero_optimizer) if t.grad is not None]
+    return tensors
 
 
 def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -288,30 +270,6 @@ def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         weight_decay=defaults["weight_decay"],
         adamw_mode=isinstance(optimizer, torch.optim.AdamW),
     )
-
-
-def convert_to_universal(source: Path, target: Path, stage: int) -> None:
-    """Run DeepSpeed's `ds_to_universal` on one checkpoint tag. It converts inside a
-    temporary folder, moved into place when whole, so an interrupted conversion is
-    redone rather than used."""
-    scratch = target.parent / f".{target.name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    command = [
-        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder", str(source), "--output_folder", str(scratch / target.name),
-        "--num_extract_workers", "1", "--num_merge_workers", "1",
-    ]
-    if stage <= 2:
-        # Stage 1-2 checkpoints lack state the converter needs, which it can rebuild.
-        command.append("--inject_missing_state")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(
-            f"converting checkpoint {source} to DeepSpeed's universal format failed "
-            f"(exit {result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    os.replace(scratch / target.name, target)
-    shutil.rmtree(scratch)
 
 
 def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
