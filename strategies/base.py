@@ -6,10 +6,9 @@ never in `if strategy == ...` branches of the loop or the controller.
 from __future__ import annotations
 
 import contextlib
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -45,7 +44,7 @@ class StepShape:
     max_grad_norm: float | None  # clip threshold, None when clipping is off
 
 
-class Strategy(ABC):
+class Strategy:
     """One worker's view of a parallelism strategy.
 
     Lifecycle: `setup` once, then per optimizer step `forward_backward` for each
@@ -83,7 +82,6 @@ class Strategy(ABC):
         whose engine owns the step's arithmetic (DeepSpeed) build it from this."""
         self.step_shape = shape
 
-    @abstractmethod
     def setup(
         self,
         model: nn.Module,
@@ -92,7 +90,26 @@ class Strategy(ABC):
         device: torch.device,
         precision: str,
     ) -> None:
-        """Place, wrap and shard `model`; build its optimizer and schedule."""
+        """Place, wrap and shard `model`; build its optimizer and schedule.
+
+        Strategies say how they transform the model in `parallelize`; one whose engine must
+        own the optimizer too (DeepSpeed) overrides this instead.
+        """
+        # bf16 is autocast over fp32 weights for every strategy: the replicated run's math,
+        # with weights and gradients communicated in fp32. Set first: pipeline stages copy it.
+        self.autocast_dtype = autocast_dtype_for(precision)
+        self.model = self.parallelize(model, device)
+        # Built over the transformed parameters, so sharded parameters shard its state too.
+        self.optimizer = make_optimizer(self.model.parameters())
+        self.scheduler = make_scheduler(self.optimizer)
+
+    def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Move `model` to `device` and wrap or shard it as this strategy trains it; return
+        the module to train (its parameters are what the optimizer steps)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement parallelize(model, device), or override setup "
+            "when its engine builds the optimizer too"
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -177,13 +194,12 @@ class Strategy(ABC):
         return {
             "params": sum(_local_bytes(p) for p in self.model.parameters()),
             "grads": self._grad_bytes_at_step,
-            "optimizer": sum(
-                _local_bytes(v)
-                for state in self.optimizer.state.values()
-                for v in state.values()
-                if isinstance(v, torch.Tensor)
-            ),
+            "optimizer": sum(_local_bytes(v) for v in self._optimizer_state_tensors()),
         }
+
+    def _optimizer_state_tensors(self) -> Iterator[torch.Tensor]:
+        for state in self.optimizer.state.values():
+            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
 
     def _gradient_bytes(self) -> int:
         return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.base import Strategy
 from strategies.mesh import ParallelDims
 from strategies.registry import StrategySpec, register_strategy
 
@@ -30,22 +30,11 @@ class DDPStrategy(Strategy):
         super().__init__(dims)
         self.options = options
 
-    def setup(
-        self,
-        model: nn.Module,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory,
-        device: torch.device,
-        precision: str,
-    ) -> None:
+    def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
+        # On its device first: DDP broadcasts rank 0's weights from where the module is.
         model = model.to(device)
         device_ids = [device.index] if device.type == "cuda" else None
-        self.model = DistributedDataParallel(
-            model, device_ids=device_ids, bucket_cap_mb=self.options.bucket_cap_mb
-        )
-        self.optimizer = make_optimizer(self.model.parameters())
-        self.scheduler = make_scheduler(self.optimizer)
-        self.autocast_dtype = autocast_dtype_for(precision)
+        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.options.bucket_cap_mb)
 
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if is_last_micro_batch else self.model.no_sync()

@@ -17,7 +17,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.base import Strategy
+from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
 
@@ -35,14 +36,19 @@ class FSDPOptions(BaseModel):
     )
 
 
-def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> nn.Module:
+def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool | None = None) -> nn.Module:
     """Shard `model` over `dp_mesh`, block by block, then the root.
 
-    Blocks go first so each becomes its own gather-and-free unit; the root then
-    takes whatever parameters no block owns. A model without `blocks` (see
-    models/sequential.py) is one unit: still sharded at rest, gathered whole to run.
+    Blocks go first so each becomes its own gather-and-free unit; the root then takes
+    whatever parameters no block owns. A model without blocks (see strategies/blocks.py)
+    is one unit: still sharded at rest, gathered whole to run.
+
+    Args:
+        reshard_after_forward: free each unit's gathered parameters after its forward
+            (True) or keep them for backward (False); None is torch's choice: True for
+            the blocks, False for the root, whose backward comes first.
     """
-    for block in getattr(model, "blocks", []):
+    for block in repeated_blocks(model):
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
     return model
@@ -53,22 +59,9 @@ class FSDPStrategy(Strategy):
         super().__init__(dims)
         self.options = options
 
-    def setup(
-        self,
-        model: nn.Module,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory,
-        device: torch.device,
-        precision: str,
-    ) -> None:
+    def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
         dp_mesh = init_device_mesh(device.type, (self.dims.dp,), mesh_dim_names=("dp",))
-        self.model = apply_fsdp(model.to(device), dp_mesh, self.options.reshard_after_forward)
-        # The optimizer is built over the sharded parameters, so its state is sharded too.
-        self.optimizer = make_optimizer(self.model.parameters())
-        self.scheduler = make_scheduler(self.optimizer)
-        # bf16 means autocast over fp32 weights, as for every strategy: the same math
-        # as the replicated run, with weights and gradients communicated in fp32.
-        self.autocast_dtype = autocast_dtype_for(precision)
+        return apply_fsdp(model.to(device), dp_mesh, self.options.reshard_after_forward)
 
     # No `accumulate` override: gradients are reduce-scattered after every micro-batch
     # and summed into the shards, so whole gradients never outlive one backward pass.

@@ -25,20 +25,20 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from strategies.base import LossFn, OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.base import LossFn, Strategy
+from strategies.blocks import blocks_of
+from strategies.compat import torch as compat_torch
+from strategies.fsdp import apply_fsdp
 from strategies.mesh import ParallelDims
 from strategies.pipeline_parallel import (
     SCHEDULES,
     LocalStages,
     Pipeline,
     balanced_split_points,
-    blocks_of,
     build_schedule,
     pipeline_forward,
     pipeline_parallelize,
@@ -167,20 +167,13 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict[str, str], data_p
 def apply_data_parallel(model: nn.Module, dp_mesh: DeviceMesh, kind: str) -> nn.Module:
     """`ddp`: full replicas, gradients averaged; `fsdp`: FSDP2, block by block then the root.
 
-    DDP is replicate(), the DDP built on FSDP2's machinery: torch's DistributedDataParallel
-    refuses DTensor parameters, while replicate() composes with tensor parallelism, and
-    pipeline stages hold its gradient sync back to a schedule's last micro-batch as they do
-    FSDP's.
+    DDP is replicate() (see strategies/compat/torch.py), not torch's DistributedDataParallel,
+    which refuses the DTensor parameters tensor parallelism makes.
     """
     if kind == "fsdp":
-        layers = getattr(model, "layers", None)
-        blocks = layers.values() if isinstance(layers, nn.ModuleDict) else (layers or [])
-        for block in blocks:
-            fully_shard(block, mesh=dp_mesh)
-        fully_shard(model, mesh=dp_mesh)
-    else:
-        replicate(model, mesh=dp_mesh)
-    return model
+        # torch's default resharding: the root keeps its parameters gathered for backward.
+        return apply_fsdp(model, dp_mesh, reshard_after_forward=None)
+    return compat_torch.replicate(model, mesh=dp_mesh)
 
 
 def clip_grad_norm_(
@@ -226,35 +219,25 @@ class ModelParallelStrategy(Strategy):
     def computes_loss(self) -> bool:
         return self.pipeline is None or self.pipeline.is_last
 
-    def setup(
-        self,
-        model: nn.Module,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory,
-        device: torch.device,
-        precision: str,
-    ) -> None:
-        dims = self.dims
+    def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
+        dims, config = self.dims, self.config
         self.mesh = init_device_mesh(device.type, (dims.dp, dims.pp, dims.tp), mesh_dim_names=("dp", "pp", "tp"))
-        self.autocast_dtype = autocast_dtype_for(precision)
         # The plan is made on the whole model (the automatic one follows its forward pass);
         # a stage applies the entries naming modules it holds.
-        plan = resolve_plan(model, self.config.plan, dims.tp) if dims.tp > 1 else {}
-        transform = partial(parallelize, mesh=self.mesh, plan=plan, data_parallel=self.config.data_parallel)
-        if dims.pp > 1:
-            bounds = stage_bounds_for(model, self.config)
-            self.pipeline = pipeline_parallelize(model, self.mesh["pp"], bounds, device, transform)
-            for module in self.pipeline.modules:
-                module.autocast_dtype = self.autocast_dtype
-            modules = self.pipeline.modules
-            self.model = modules[0] if len(modules) == 1 else LocalStages(modules)
-            self.schedule = build_schedule(
-                self.config.schedule, self.pipeline, self.config.microbatches, self._chunk_loss
-            )
-        else:
-            self.model = transform(model.to(device))
-        self.optimizer = make_optimizer(self.model.parameters())
-        self.scheduler = make_scheduler(self.optimizer)
+        plan = resolve_plan(model, config.plan, dims.tp) if dims.tp > 1 else {}
+        # The module's `parallelize` (tensor, then data parallel), for the whole model or,
+        # pipelined, for each stage.
+        transform = partial(parallelize, mesh=self.mesh, plan=plan, data_parallel=config.data_parallel)
+        if dims.pp == 1:
+            return transform(model.to(device))
+        bounds = stage_bounds_for(model, config)
+        self.pipeline = pipeline_parallelize(model, self.mesh["pp"], bounds, device, transform)
+        for module in self.pipeline.modules:
+            module.autocast_dtype = self.autocast_dtype
+        modules = self.pipeline.modules
+        local = modules[0] if len(modules) == 1 else LocalStages(modules)
+        self.schedule = build_schedule(config.schedule, self.pipeline, config.microbatches, self._chunk_loss)
+        return local
 
     # ---- one optimizer step --------------------------------------------------------------
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:

@@ -24,6 +24,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+from strategies.blocks import blocks_of
+
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
 
@@ -90,21 +92,6 @@ def split_problems(points: Sequence[int], stages: int, n_blocks: int) -> list[st
             f"{n_blocks - 1} (the model has {n_blocks} blocks)"
         ]
     return []
-
-
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The block sequence stages are cut from.
-
-    Raises:
-        ValueError: when the model is not a sequence of blocks.
-    """
-    layers = getattr(model, "layers", None)
-    if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
-        raise ValueError(
-            f"strategy.pp: the model ({type(model).__name__}) has no `layers` sequence of blocks "
-            "to cut into stages; build it as models.SequentialModel or set strategy.pp: 1"
-        )
-    return layers
 
 
 # ---- what a rank holds --------------------------------------------------------------------

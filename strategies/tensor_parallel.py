@@ -26,6 +26,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from strategies.compat import torch as compat_torch
+
 PLAN_STYLES = ("colwise", "rowwise", "colwise_gathered", "rowwise_from_replicated")
 # Which dimension of nn.Linear a style splits: output features or input features.
 SPLITS_OUTPUT = {"colwise": True, "colwise_gathered": True, "rowwise": False, "rowwise_from_replicated": False}
@@ -239,7 +241,7 @@ def _is_mask(node, shape: torch.Size) -> bool:
     (flowing, _), (constant_edge, _) = node.next_functions
     if flowing is None or constant_edge is not None:
         return False
-    constant = getattr(node, "_saved_other", None)
+    constant = compat_torch.saved_other(node)
     return isinstance(constant, torch.Tensor) and (constant.numel() == 1 or constant.shape == shape)
 
 

@@ -20,10 +20,8 @@ Compiled ops. DeepSpeed compiles some C++ ops on first use:
   at install time instead: `DS_BUILD_CPU_ADAM=1 pip install deepspeed==0.19.8`.
 No other op is needed: the optimizer is torch's (ZeRO's "untested optimizer" path).
 
-Checkpoints are DeepSpeed's own, one optimizer-state file per data-parallel rank.
-ZeRO cannot load them at another data-parallel size, so after a resize they are
-converted once to DeepSpeed's universal format (`ds_to_universal`) beside the
-original and loaded from there, optimizer state included.
+Checkpoints are DeepSpeed's own (strategies/zero_checkpoint.py); the reaches into
+DeepSpeed's internals are in strategies/compat/deepspeed.py.
 
 Exercised by: pytest tests/test_strategy_parity.py -k zero tests/test_sharded_strategies.py
 """
@@ -33,9 +31,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
@@ -45,9 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.compat import deepspeed as compat_deepspeed
 from strategies.deepspeed_config import deepspeed_config
 from strategies.mesh import ParallelDims
 from strategies.registry import Sharding, StrategySpec, register_strategy
+from strategies.zero_checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -55,19 +52,6 @@ if TYPE_CHECKING:
 INSTALL_HINT = (
     "strategy.name: zero needs DeepSpeed, which is not installed; "
     "install it with `pip install -e .[zero]` (deepspeed==0.19.8)"
-)
-TAG = "zero"  # checkpoint tag: DeepSpeed writes `<directory>/zero/`
-UNIVERSAL_TAG = "zero_universal"
-
-# Where DeepSpeed 0.19.8 keeps fp32 master weights and gradients beside the model's
-# own parameters (stages 1-2: DeepSpeedZeroOptimizer; stage 3: ..._Stage3).
-_MASTER_WEIGHTS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
-_GRADIENTS = (
-    "averaged_gradients",
-    "all_grad_tensors",
-    "grads_in_partition",
-    "grad_partitions_flat_buffer",
-    "accumulated_grads_in_cpu",
 )
 
 
@@ -129,9 +113,8 @@ def import_deepspeed():
     except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    # Training never uses the shared-memory all-reduce (see the module docstring);
-    # marking it incompatible keeps DeepSpeed from compiling it at init.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Training never uses the shared-memory all-reduce (see the module docstring).
+    compat_deepspeed.skip_shared_memory_allreduce()
     return deepspeed
 
 
@@ -151,41 +134,44 @@ class ZeROStrategy(Strategy):
         device: torch.device,
         precision: str,
     ) -> None:
+        """Hand the model, our optimizer and our schedule to `deepspeed.initialize`, which
+        partitions them; DeepSpeed's flat partitions need it to own the optimizer."""
         assert self.step_shape is not None, "configure_steps must come before setup"
         deepspeed = import_deepspeed()
         # DeepSpeed insists on torchrun's LOCAL_RANK, which it uses to pick the device.
         # Ray Train sets it; a launcher that only joins a process group may not.
         os.environ.setdefault("LOCAL_RANK", str(device.index or 0))
-        # Reuses the process group the launcher already set up. DeepSpeed keeps a clone
-        # of the world group in a module global; a worker that runs another attempt in
-        # the same process, on a new process group, must not reuse the dead one.
+        # Reuses the process group the launcher already set up.
         deepspeed.init_distributed(dist_backend=dist.get_backend())
-        deepspeed.utils.groups._WORLD_GROUP = None
+        compat_deepspeed.forget_world_group()
         model = model.to(device)
         optimizer = make_optimizer(model.parameters())
         if self.options.offload != "none":
             optimizer = cpu_adam_like(optimizer)
         scheduler = make_scheduler(optimizer)
-        config = deepspeed_config(
-            stage=self.options.stage,
-            offload=self.options.offload,
-            bucket_mb=self.options.bucket_mb,
-            param_persistence_threshold=self.options.param_persistence_threshold,
-            shape=self.step_shape,
-            dp_size=self.dp_size,
-            pin_memory=device.type == "cuda",
-        )
         # Given the schedule, the engine advances it once per applied optimizer step
         # and keeps its state in DeepSpeed's checkpoints.
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._config(device)
         )
         if self.options.stage == 3 and self.options.offload == "none":
-            share_master_partitions(self.engine.optimizer)
+            compat_deepspeed.share_master_partitions(self.engine.optimizer)
         self.model = self.engine
         self.optimizer = optimizer  # now stepping DeepSpeed's fp32 partitions
         self.scheduler = scheduler
         self.autocast_dtype = autocast_dtype_for(precision)
+
+    def _config(self, device: torch.device) -> dict[str, Any]:
+        options = self.options
+        return deepspeed_config(
+            stage=options.stage,
+            offload=options.offload,
+            bucket_mb=options.bucket_mb,
+            param_persistence_threshold=options.param_persistence_threshold,
+            shape=self.step_shape,
+            dp_size=self.dp_size,
+            pin_memory=device.type == "cuda",
+        )
 
     # ---- one optimizer step --------------------------------------------------------
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -216,36 +202,10 @@ class ZeROStrategy(Strategy):
 
     # ---- state ------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
+        save_checkpoint(self.engine, directory)
 
     def load(self, directory: Path) -> None:
-        # One optimizer-state file per data-parallel rank of the saving run.
-        saved_dp = len(list((directory / TAG).glob("*optim_states.pt")))
-        if saved_dp == 0:
-            raise RuntimeError(
-                f"{directory.parent} holds no ZeRO checkpoint; it was saved under another "
-                "strategy, which strategy.name: zero cannot resume from"
-            )
-        if saved_dp == self.dp_size:
-            self._load(directory, TAG, universal=False)
-            return
-        universal = directory / UNIVERSAL_TAG
-        if self.rank == 0 and not universal.is_dir():
-            convert_to_universal(directory / TAG, universal, self.options.stage)
-        dist.barrier()
-        self._load(directory, UNIVERSAL_TAG, universal=True)
-
-    def _load(self, directory: Path, tag: str, universal: bool) -> None:
-        # DeepSpeed reads the universal switch from its config at load time; it is on
-        # for this one load only, as the saved layout decides it, not the job.
-        config = self.engine._config
-        config.load_universal_checkpoint = universal
-        try:
-            path, _ = self.engine.load_checkpoint(str(directory), tag=tag)
-        finally:
-            config.load_universal_checkpoint = False
-        if path is None:
-            raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
+        load_checkpoint(self.engine, directory, self.dp_size, self.options.stage)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         module = self.engine.module
@@ -262,46 +222,31 @@ class ZeROStrategy(Strategy):
         """Bytes of the distinct storages this rank holds: ZeRO keeps parameters,
         gradients and optimizer state in flat buffers that many tensors view."""
         return {
-            "params": held_bytes(self._parameter_tensors()),
+            "params": held_bytes(parameter_tensors(self.engine)),
             "grads": self._grad_bytes_at_step,
-            "optimizer": held_bytes(
-                v for state in self.optimizer.state.values() for v in state.values()
-                if isinstance(v, torch.Tensor)
-            ),
+            "optimizer": held_bytes(self._optimizer_state_tensors()),
         }
 
-    def _parameter_tensors(self) -> Iterator[torch.Tensor]:
-        for p in self.engine.module.parameters():
-            yield p.data
-            if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
-                yield p.ds_tensor
-        yield from _attribute_tensors(self.engine.optimizer, _MASTER_WEIGHTS)
-
     def _gradient_bytes(self) -> int:
-        zero_optimizer = self.engine.optimizer
-        tensors = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-        tensors += list(_attribute_tensors(zero_optimizer, _GRADIENTS))
-        tensors += [
-            t.grad for t in _attribute_tensors(zero_optimizer, _MASTER_WEIGHTS) if t.grad is not None
-        ]
-        return held_bytes(tensors)
+        return held_bytes(gradient_tensors(self.engine))
 
 
-def share_master_partitions(zero_optimizer: Any) -> None:
-    """Let stage 3's fp32 master partitions be its fp32 parameter partitions.
+def parameter_tensors(engine: DeepSpeedEngine) -> Iterator[torch.Tensor]:
+    """The parameters' storage on this rank: the model's, stage 3's shards, fp32 masters."""
+    for p in engine.module.parameters():
+        yield p.data
+        if hasattr(p, "ds_tensor"):  # stage 3: this rank's shard
+            yield p.ds_tensor
+    yield from compat_deepspeed.master_weights(engine.optimizer)
 
-    DeepSpeed 0.19.8 means to share them when the parameters are fp32 already
-    (stage3.py, `_create_fp32_partitions`), but it compares a torch.device with a
-    device name string, never equal in torch 2.13, and keeps a second copy. Pointing
-    each master tensor at its partition's storage keeps the tensor objects (the
-    optimizer's state is keyed by them) and frees the copy; DeepSpeed's copy from
-    master to partition after each step then copies a buffer onto itself.
-    """
-    for master, partition in zip(
-        zero_optimizer.fp32_partitioned_groups_flat, zero_optimizer.fp16_partitioned_groups_flat
-    ):
-        if master.dtype == partition.dtype and master.device == partition.device:
-            master.data = partition.data
+
+def gradient_tensors(engine: DeepSpeedEngine) -> list[torch.Tensor]:
+    """The gradients on this rank: the parameters', ZeRO's buffers, the fp32 masters'."""
+    zero_optimizer = engine.optimizer
+    tensors = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    tensors += list(compat_deepspeed.gradients(zero_optimizer))
+    tensors += [t.grad for t in compat_deepspeed.master_weights(zero_optimizer) if t.grad is not None]
+    return tensors
 
 
 def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -327,30 +272,6 @@ def cpu_adam_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     )
 
 
-def convert_to_universal(source: Path, target: Path, stage: int) -> None:
-    """Run DeepSpeed's `ds_to_universal` on one checkpoint tag. It converts inside a
-    temporary folder, moved into place when whole, so an interrupted conversion is
-    redone rather than used."""
-    scratch = target.parent / f".{target.name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    command = [
-        sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-        "--input_folder", str(source), "--output_folder", str(scratch / target.name),
-        "--num_extract_workers", "1", "--num_merge_workers", "1",
-    ]
-    if stage <= 2:
-        # Stage 1-2 checkpoints lack state the converter needs, which it can rebuild.
-        command.append("--inject_missing_state")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(
-            f"converting checkpoint {source} to DeepSpeed's universal format failed "
-            f"(exit {result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    os.replace(scratch / target.name, target)
-    shutil.rmtree(scratch)
-
-
 def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages behind `tensors`; views of one buffer count it once."""
     storages: dict[int, int] = {}
@@ -358,20 +279,6 @@ def held_bytes(tensors: Iterable[torch.Tensor]) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
-
-
-def _attribute_tensors(owner: object, names: tuple[str, ...]) -> Iterator[torch.Tensor]:
-    """Tensors held in `owner`'s attributes `names`, which may be lists or dicts of them."""
-    for name in names:
-        stack = [getattr(owner, name, None)]
-        while stack:
-            value = stack.pop()
-            if isinstance(value, torch.Tensor):
-                yield value
-            elif isinstance(value, dict):
-                stack.extend(value.values())
-            elif isinstance(value, (list, tuple)):
-                stack.extend(value)
 
 
 register_strategy(
