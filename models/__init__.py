@@ -5,9 +5,9 @@ Importing this package registers the built-ins: ``mlp``, ``cnn``, ``lstm``, ``gp
 Exercised by ``python -m pytest tests/test_models.py -q``.
 """
 
+from models.errors import ModelConfigError
 from models.registry import (
     MODEL_REGISTRY,
-    ModelConfigError,
     build_model,
     check_model_options,
     register_model,

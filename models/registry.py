@@ -15,28 +15,21 @@ from typing import Any, Callable
 
 from torch import nn
 
+from models.ecosystem import (
+    build_hf_model,
+    build_torchvision_model,
+    check_hf_options,
+    is_hf_model_class,
+    is_torchvision_builder,
+    outputs_logits,
+    reshape_inputs,
+)
+from models.errors import ModelConfigError
+
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 # Arguments derived from the dataset rather than written by the user.
 DATA_ARGS = ("input_dim", "output_dim", "context", "vocab_size")
-
-
-class ModelConfigError(ValueError):
-    """A ``model.*`` setting in the job spec that cannot be used.
-
-    Args:
-        key: dotted path of the offending setting, e.g. ``model.options.width``.
-        message: what is wrong and what to change.
-    """
-
-    def __init__(self, key: str, message: str):
-        # Both go to ValueError so that args round-trip through pickle (Ray workers).
-        super().__init__(key, message)
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -113,7 +106,11 @@ def check_model_options(name: str, options: dict[str, Any]) -> None:
     Raises:
         ModelConfigError: naming ``model.name`` or the offending ``model.options.<key>``.
     """
-    _check_options(name, resolve_model_factory(name), options)
+    factory = resolve_model_factory(name)
+    if is_hf_model_class(factory):
+        check_hf_options(factory, options)
+    elif not is_torchvision_builder(factory):
+        _check_options(name, factory, options)
 
 
 def build_model(
@@ -124,6 +121,8 @@ def build_model(
     output_dim: int | None,
     context: int | None = None,
     vocab_size: int | None = None,
+    pretrained: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Build a model, passing the factory only the dataset facts its signature asks for.
 
@@ -134,6 +133,8 @@ def build_model(
         output_dim: number of classes, or 1 for regression.
         context: longest token sequence, for language models.
         vocab_size: number of token ids, for language models.
+        pretrained: a local ``save_pretrained`` directory to start a Hugging Face model from.
+        input_shape: the shape each flat input row is seen as (e.g. ``(3, 32, 32)``).
 
     Returns:
         The model, with weights drawn from torch's global RNG; ``model.tensor_plan``
@@ -144,8 +145,37 @@ def build_model(
             fact this dataset does not have.
     """
     factory = resolve_model_factory(name)
-    params = _check_options(name, factory, options)
     data = dict(input_dim=input_dim, output_dim=output_dim, context=context, vocab_size=vocab_size)
+    if is_hf_model_class(factory):
+        model = build_hf_model(factory, options, data, pretrained)
+    elif is_torchvision_builder(factory):
+        model = build_torchvision_model(factory, options, output_dim)
+    else:
+        model = _build_from_factory(name, factory, options, data)
+    if ":" in name:  # the user's own or the ecosystem's: outputs may be ModelOutputs
+        outputs_logits(model)
+    if input_shape:
+        _check_input_shape(input_shape, input_dim)
+        reshape_inputs(model, input_shape)
+    return model
+
+
+def _check_input_shape(shape: tuple[int, ...], input_dim: int | None) -> None:
+    size = 1
+    for n in shape:
+        size *= n
+    if input_dim is not None and size != input_dim:
+        raise ModelConfigError(
+            "model.input_shape",
+            f"{list(shape)} holds {size} values and each input row has {input_dim}; "
+            "give a shape whose product is the number of features",
+        )
+
+
+def _build_from_factory(
+    name: str, factory: Callable[..., nn.Module], options: dict[str, Any], data: dict[str, int | None]
+) -> nn.Module:
+    params = _check_options(name, factory, options)
     wanted = {k: v for k, v in data.items() if k in params}
     missing = [k for k, v in wanted.items() if v is None and params[k].default is params[k].empty]
     if missing:

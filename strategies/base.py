@@ -159,24 +159,11 @@ class Strategy:
 
     # ---- state ------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Write model and optimizer state with torch.distributed.checkpoint, which
-        stores each shard once and lets another layout or world size load it."""
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
-        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
-        dcp.save(state, checkpoint_id=str(directory))
+        """Write model, optimizer and schedule state into `directory` (every rank)."""
+        save_distributed(self.model, self.optimizer, self.scheduler, directory)
 
     def load(self, directory: Path) -> None:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=STATE_DICT_OPTIONS)
-        state = {"model": model_state, "optim": optim_state, "scheduler": self.scheduler.state_dict()}
-        dcp.load(state, checkpoint_id=str(directory))
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-            options=STATE_DICT_OPTIONS,
-        )
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_distributed(self.model, self.optimizer, self.scheduler, directory)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The unsharded model weights, gathered on every rank (call on all ranks)."""
@@ -213,3 +200,26 @@ def _local_bytes(tensor: torch.Tensor) -> int:
 
 def autocast_dtype_for(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+
+def save_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:
+    """Write model and optimizer state with torch.distributed.checkpoint, which stores
+    each shard once and lets another layout or world size load it."""
+    model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
+    state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
+    dcp.save(state, checkpoint_id=str(directory))
+
+
+def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:
+    """Load what `save_distributed` wrote, resharding to this layout."""
+    model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
+    state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=STATE_DICT_OPTIONS,
+    )
+    scheduler.load_state_dict(state["scheduler"])

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 import models
+
 import strategies
 from orchestrator.config.spec import JobSpec
 from orchestrator.data.model_arguments import model_arguments
 from orchestrator.planning.layout import batch_fits, batch_layout, layout_for
+from orchestrator.training.model import build_job_model
 
 
 def job_problems(spec: JobSpec) -> list[str]:
@@ -60,7 +62,7 @@ def model_layout_problems(spec: JobSpec) -> list[str]:
         return []
     try:
         with torch.device("meta"):
-            model = models.build_model(spec.model.name, spec.model.options, **model_arguments(spec))
+            model = build_job_model(spec, model_arguments(spec))
     except models.ModelConfigError as error:
         return [str(error)]
     problems: list[str] = []

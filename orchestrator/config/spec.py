@@ -33,8 +33,24 @@ class ModelSection(Section):
         "returning an nn.Module."
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments for the model's factory."
+        default_factory=dict, description="Keyword arguments for the model's factory, or the "
+        "config keys of a Hugging Face model class."
     )
+    pretrained: str | None = Field(
+        None, description="A local directory written by `save_pretrained` (relative to job.yaml) "
+        "to start a Hugging Face model from; nothing is downloaded."
+    )
+    input_shape: list[int] | None = Field(
+        None, description="See each flat input row as this shape, e.g. [3, 32, 32] for an image "
+        "model on tabular pixels."
+    )
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError(f"input_shape must list positive sizes, got {value}")
+        return value
 
 
 PrepareStep = Literal["dropna", "normalize", "encode_labels", "tokenize_chars"]
@@ -261,12 +277,18 @@ class JobSpec(Section):
             models.check_model_options(self.model.name, self.model.options)
         except models.ModelConfigError as error:
             problems.append(str(error))
+        if self.model.pretrained is not None and not self.pretrained_path.is_dir():
+            problems.append(f"model.pretrained: {str(self.pretrained_path)!r} is not a directory")
         strategy_check = strategies.get_strategy(self.strategy.name).check_job
         if strategy_check is not None:
             problems += strategy_check(self.strategy, self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def pretrained_path(self) -> Path | None:
+        return None if self.model.pretrained is None else (self.base_dir / self.model.pretrained).resolve()
 
     @property
     def data_path(self) -> Path:

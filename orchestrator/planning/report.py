@@ -5,12 +5,12 @@ import dataclasses
 
 import torch
 
-import models
 import strategies
 from orchestrator.config.spec import JobSpec
 from orchestrator.data.model_arguments import example_input, model_arguments
 from orchestrator.planning.layout import batch_layout
 from orchestrator.planning.memory import MemoryEstimate, estimate_memory, human_bytes
+from orchestrator.training.model import build_job_model
 
 
 def render_plan(spec: JobSpec, workers: int) -> str:
@@ -19,7 +19,7 @@ def render_plan(spec: JobSpec, workers: int) -> str:
     dims = layout.dims
     arguments = model_arguments(spec)
     torch.manual_seed(spec.train.seed)
-    model = models.build_model(spec.model.name, spec.model.options, **arguments)
+    model = build_job_model(spec, arguments)
     memory = estimate_memory(
         model, spec, example_input(spec, arguments, layout.micro_batch), dp=dims.dp
     )

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import models
 import strategies
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.planning.layout import BatchLayout, batch_layout
 from orchestrator.run.control import Directive, process_alive
+from orchestrator.run.export import write_weights
 from orchestrator.run.files import RunFiles
 from orchestrator.run.records import EventLog, MetricsLog
 from orchestrator.training.audit import record_sample_ids
@@ -31,6 +31,7 @@ from orchestrator.training.context import WorkerContext
 from orchestrator.training.directives import DirectiveReader, RunTakenOver
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.optim import build_optimizer, build_scheduler
+from orchestrator.training.model import build_job_model
 
 
 class Outcome:
@@ -101,7 +102,7 @@ def build_strategy(w: WorkerContext, layout: BatchLayout) -> strategies.Strategy
     """Model -> strategy (wrap / shard) -> optimizer and schedule."""
     spec = w.spec
     torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
-    model = models.build_model(spec.model.name, spec.model.options, **w.data.model_arguments())
+    model = build_job_model(spec, w.data.model_arguments())
     strategy = strategies.get_strategy(spec.strategy.name).build(spec.strategy, layout.dims)
     strategy.configure_steps(
         strategies.StepShape(layout.micro_batch, layout.accumulation, spec.train.grad_clip)
@@ -189,10 +190,7 @@ def export_weights(attempt: Attempt, step: int) -> None:
     """Gather the final weights (every rank takes part) and write them on rank 0."""
     weights = attempt.strategy.full_model_state()
     if attempt.w.rank == 0:
-        from safetensors.torch import save_file
-
-        tensors = {k: v.detach().contiguous() for k, v in weights.items()}
-        save_file(tensors, str(RunFiles(attempt.w.run_dir).weights))
+        write_weights(RunFiles(attempt.w.run_dir).weights, weights)
         attempt.events.write("finished", step=step)
     barrier()
 
