@@ -54,6 +54,7 @@ from strategies.tensor_parallel import (
     plan_problems,
     resolve_plan,
     sharded_parameters,
+    unsplit_layers,
 )
 
 
@@ -355,7 +356,14 @@ def _tensor_problems(model: nn.Module, kind: str, tp: int) -> list[str]:
         return [str(error)]
     problems = plan_problems(model, plan, tp)
     if not plan:
-        problems.append(f"strategy.tp: {tp} divides the width of no nn.Linear the model calls")
+        whole = unsplit_layers(model)
+        if whole:
+            problems.append(
+                f"strategy.plan: {kind} finds nothing tensor parallelism can split in {type(model).__name__} "
+                f"(left whole: {'; '.join(whole)}); train it with strategy.name ddp, zero or fsdp"
+            )
+        else:
+            problems.append(f"strategy.tp: {tp} divides the width of no nn.Linear the model calls")
     if problems:
         limit = max((m.out_features for m in model.modules() if isinstance(m, nn.Linear)), default=1)
         fits = fitting_degrees(model, kind, limit=min(limit, 64))

@@ -27,6 +27,7 @@ from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from strategies.compat import torch as compat_torch
+from strategies.sharing import modules_sharing_weights
 
 PLAN_STYLES = ("colwise", "rowwise", "colwise_gathered", "rowwise_from_replicated")
 # Which dimension of nn.Linear a style splits: output features or input features.
@@ -92,8 +93,8 @@ def auto_plan(model: nn.Module, tp: int) -> dict[str, str]:
     operations and used nowhere else, and the shared width divides by `tp`: A's split output
     then feeds B without any communication. A layer left without a partner is split alone, its
     output gathered (or, when only its input width divides, its input split). A Linear whose
-    module is never called (its weight used by functional code) and one called more than once
-    stay replicated.
+    module is never called (its weight used by functional code), one called more than once
+    and one whose weight another module shares (tied embeddings) stay replicated.
 
     Args:
         model: any nn.Module; its code is not changed.
@@ -151,8 +152,9 @@ def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
 
 
 def _probe(model: nn.Module):
-    meta = copy.deepcopy(model).to("meta")
-    linears = {name: m for name, m in meta.named_modules() if isinstance(m, nn.Linear)}
+    meta = copy.deepcopy(model).to("meta")  # deepcopy keeps shared weights shared
+    tied = modules_sharing_weights(meta)
+    linears = {name: m for name, m in meta.named_modules() if isinstance(m, nn.Linear) and name not in tied}
     calls: Counter[str] = Counter()
     order: list[str] = []
     inputs: dict[str, torch.Tensor] = {}
@@ -278,6 +280,28 @@ def plan_problems(model: nn.Module, plan: dict[str, str], tp: int) -> list[str]:
                     problems.append(f"strategy.tp: {tp} does not divide the {heads} attention heads of {name}")
                 break
     return problems
+
+
+def unsplit_layers(model: nn.Module) -> list[str]:
+    """What the automatic plan leaves whole, and why: tied layers by name, other
+    weight-matrix layers by type (e.g. transformers' Conv1D), with a few names each."""
+    tied = modules_sharing_weights(model)
+    by_type: dict[str, list[str]] = {}
+    reasons = []
+    for name, module in model.named_modules():
+        if name in tied and isinstance(module, nn.Linear):
+            reasons.append(f"{name} ({tied[name]})")
+        elif not isinstance(module, (nn.Linear, nn.Embedding)) and _has_weight_matrix(module):
+            by_type.setdefault(type(module).__name__, []).append(name)
+    for kind, names in by_type.items():
+        shown = ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+        reasons.append(f"{len(names)} {kind} layers, not nn.Linear ({shown})")
+    return reasons
+
+
+def _has_weight_matrix(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and not list(module.children())
 
 
 def fitting_degrees(model: nn.Module, kind: str, limit: int = 64) -> list[int]:

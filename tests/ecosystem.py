@@ -38,3 +38,34 @@ IMAGE_JOB = {
     "scaling": {"workers": 2},
     "checkpoint": {"every_steps": 0},
 }
+
+
+def write_text_classes(path, rows: int = 480, seed: int = 0) -> None:
+    """A JSON-lines file of short texts in three kinds (numbers, words, code), labelled by kind."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = ["river", "stone", "light", "garden", "paper", "window", "orange", "silver"]
+    makers = [
+        lambda: " ".join(str(rng.randint(0, 9999)) for _ in range(rng.randint(3, 8))),
+        lambda: " ".join(rng.choice(words) for _ in range(rng.randint(3, 8))),
+        lambda: f"def f{rng.randint(0, 99)}(x): return x * {rng.randint(2, 9)} + {rng.randint(0, 9)}",
+    ]
+    with open(path, "w") as handle:
+        for i in range(rows):
+            kind = ["number", "word", "code"][i % 3]
+            handle.write(json.dumps({"text": makers[i % 3](), "kind": kind}) + "\n")
+
+
+TEXT_JOB = {
+    "name": "ecosystem-text",
+    "model": BERT,
+    "data": {"source": "texts.jsonl", "label_column": "kind", "prepare": ["encode_labels", "tokenize_chars"],
+             "options": {"context": 24}},
+    "optimizer": {"name": "adamw", "lr": 0.003},
+    "train": {"steps": 10, "seed": 4, "global_batch_size": 16, "micro_batch_size": 4},
+    "strategy": {"name": "ddp"},
+    "scaling": {"workers": 2},
+    "checkpoint": {"every_steps": 0},
+}

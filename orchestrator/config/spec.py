@@ -75,15 +75,16 @@ class DataSection(Section):
         default_factory=list,
         description="Preparation steps in order: dropna (drop rows with missing values), "
         "normalize (standardise features with training-split statistics), encode_labels "
-        "(map label values to 0..k-1), tokenize_chars (text to character ids).",
+        "(map label values to 0..k-1), tokenize_chars (a `text` column to UTF-8 byte ids: windows "
+        "of context+1 for task lm, each row's first `context` bytes, zero-padded, to classify texts).",
     )
     validation_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation."
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Built-in source parameters: synthetic {samples, features, classes, "
-        "noise}; chars {context, max_chars}.",
+        description="Source parameters: synthetic {samples, features, classes, noise}; chars "
+        "{context, max_chars}; a text file with tokenize_chars {context}.",
     )
 
     @property

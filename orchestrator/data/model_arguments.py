@@ -30,6 +30,9 @@ def model_arguments(spec: "JobSpec") -> dict[str, int | None]:
     features = data.feature_columns or [c for c in table.column_names if c != label]
     labels = table.column(label).drop_null() if label in table.column_names else pa.array([0])
     classes = 1 if spec.resolved_task == "regression" else len(labels.unique())
+    if "tokenize_chars" in data.prepare:  # texts, each classified
+        context = source_options("chars", data.options)["context"]
+        return {"input_dim": None, "output_dim": classes, "vocab_size": BYTE_VOCAB, "context": context}
     return {"input_dim": len(features), "output_dim": classes, "vocab_size": None, "context": None}
 
 

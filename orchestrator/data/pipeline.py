@@ -73,7 +73,7 @@ def prepare_data(spec: "JobSpec") -> PreparedData:
             ds, label_values = prepare.encode_labels(ds, data.label_column)
         elif step == "tokenize_chars":
             context = source_options("chars", data.options)["context"]
-            ds = prepare.tokenize_chars(ds, context)
+            ds = prepare.tokenize_chars(ds, context) if task == "lm" else prepare.encode_text(ds, context)
     ds = prepare.mark_validation(ds, data.validation_fraction, spec.train.seed).materialize()
     train_ds, val_ds = prepare.split(ds)
 
@@ -81,13 +81,19 @@ def prepare_data(spec: "JobSpec") -> PreparedData:
         train, validation = _token_split(train_ds), _token_split(val_ds)
         return PreparedData(train, validation, task, vocab_size=prepare.BYTE_VOCAB, context=context)
 
+    if context is not None:  # texts, each classified
+        train = _text_split(train_ds, data.label_column)
+        validation = _text_split(val_ds, data.label_column)
+        return PreparedData(train, validation, task, output_dim=_classes(train, validation),
+                            vocab_size=prepare.BYTE_VOCAB, context=context, label_values=label_values)
+
     features = _feature_columns(spec, ds)
     stats = prepare.fit_normalizer(train_ds, features) if "normalize" in data.prepare else {}
     if stats:
         train_ds, val_ds = prepare.normalize(train_ds, stats), prepare.normalize(val_ds, stats)
     train = _tabular_split(train_ds, features, data.label_column, task)
     validation = _tabular_split(val_ds, features, data.label_column, task)
-    output_dim = 1 if task == "regression" else int(max(train.targets.max(initial=0), validation.targets.max(initial=0)) + 1)
+    output_dim = 1 if task == "regression" else _classes(train, validation)
     return PreparedData(
         train, validation, task, input_dim=len(features), output_dim=output_dim,
         label_values=label_values, normalization=stats,
@@ -126,6 +132,24 @@ def _tabular_split(ds: "ray.data.Dataset", features: list[str], label: str, task
             "add `encode_labels` to data.prepare"
         ) from error
     return Split(np.ascontiguousarray(inputs), targets)
+
+
+def _classes(train: Split, validation: Split) -> int:
+    return int(max(train.targets.max(initial=0), validation.targets.max(initial=0)) + 1)
+
+
+def _text_split(ds: "ray.data.Dataset", label: str) -> Split:
+    frame = ds.to_pandas()
+    if label not in frame.columns:
+        raise DataError(f"data.label_column: {label!r} is not a column; columns: {list(frame.columns)}")
+    tokens = np.stack(frame["tokens"].to_list()) if len(frame) else np.zeros((0, 1), dtype=np.int64)
+    try:
+        targets = frame[label].to_numpy(dtype=np.int64)
+    except (TypeError, ValueError) as error:
+        raise DataError(
+            f"data.label_column: {label!r} values are not class ids ({error}); add `encode_labels` to data.prepare"
+        ) from error
+    return Split(np.ascontiguousarray(tokens), targets)
 
 
 def _token_split(ds: "ray.data.Dataset") -> Split:

@@ -58,6 +58,21 @@ def tokenize_chars(ds: "ray.data.Dataset", context: int) -> "ray.data.Dataset":
     return ds.flat_map(windows)
 
 
+def encode_text(ds: "ray.data.Dataset", context: int) -> "ray.data.Dataset":
+    """Turn each row's `text` into its first `context` byte ids, padded with 0 (for
+    classifying texts; the other columns, the label among them, stay)."""
+
+    def encode(df: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        for text in df.pop("text"):
+            ids = np.frombuffer(str(text).encode("utf-8"), dtype=np.uint8)[:context].astype(np.int64)
+            rows.append(np.pad(ids, (0, context - len(ids))))
+        df["tokens"] = rows
+        return df
+
+    return ds.map_batches(encode, batch_format="pandas")
+
+
 def mark_validation(ds: "ray.data.Dataset", fraction: float, seed: int) -> "ray.data.Dataset":
     """Add a boolean column: the row belongs to the validation split."""
 
