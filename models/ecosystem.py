@@ -44,7 +44,7 @@ def check_hf_options(cls: type, options: dict[str, Any]) -> None:
     Raises:
         ModelConfigError: naming the unknown key, with the closest config keys.
     """
-    known = set(cls.config_class().to_dict())
+    known = set(cls.config_class().to_dict()) | {"num_labels"}
     for key in options:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
@@ -66,7 +66,7 @@ def build_hf_model(cls: type, options: dict[str, Any], data: dict[str, int | Non
     settings = dict(options)
     if data.get("vocab_size") is not None:
         settings.setdefault("vocab_size", data["vocab_size"])
-    if data.get("output_dim") is not None and "num_labels" in cls.config_class().to_dict():
+    if data.get("output_dim") is not None and _classifies(cls):
         settings.setdefault("num_labels", data["output_dim"])
     if pretrained is None:
         config = cls.config_class(**settings)
@@ -77,6 +77,11 @@ def build_hf_model(cls: type, options: dict[str, Any], data: dict[str, int | Non
     if pretrained is None or torch.get_default_device().type == "meta":
         return cls(config)
     return cls.from_pretrained(pretrained, config=config, local_files_only=True)
+
+
+def _classifies(cls: type) -> bool:
+    """A model with a classification head, whose width the config's `num_labels` sets."""
+    return "Classification" in cls.__name__
 
 
 def _check_context(cls: type, config: Any, context: int | None) -> None:

@@ -141,7 +141,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def make_spec(raw: dict[str, Any], **overrides: Any) -> JobSpec:
+def make_spec(raw: dict[str, Any], base_dir: Path = Path("."), **overrides: Any) -> JobSpec:
     """A spec from a dict, with `section.key` overrides given as keyword arguments
     written `section__key=value`."""
     merged = json.loads(json.dumps(raw))
@@ -151,4 +151,4 @@ def make_spec(raw: dict[str, Any], **overrides: Any) -> JobSpec:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return spec_from_dict(merged)
+    return spec_from_dict(merged, base_dir=base_dir)

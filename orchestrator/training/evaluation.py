@@ -21,18 +21,27 @@ def loss_function(task: str):
 @torch.no_grad()
 def validate(w: WorkerContext, strategy, loss_fn) -> dict[str, float]:
     """Loss (and accuracy or perplexity) over the validation split, each data-parallel
-    rank taking every dp_size-th micro-batch."""
+    rank taking every dp_size-th micro-batch.
+
+    Every rank runs the same number of forward passes: sharded strategies gather
+    parameters inside forward, so a rank with one batch fewer would leave the others
+    waiting in a collective. A rank past the end repeats the first batch and counts
+    nothing of it.
+    """
     split = w.data.validation
     if len(split) == 0:
         return {}
     totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
     batch = w.spec.train.micro_batch_size
-    starts = range(strategy.dp_rank * batch, len(split), batch * strategy.dp_size)
-    for start in starts:
-        ids = np.arange(start, min(start + batch, len(split)))
+    batches = -(-len(split) // batch)
+    rounds = -(-batches // strategy.dp_size)
+    for k in range(rounds):
+        start = (k * strategy.dp_size + strategy.dp_rank) * batch
+        counted = start < len(split)
+        ids = np.arange(start, min(start + batch, len(split))) if counted else np.arange(min(batch, len(split)))
         inputs, targets = batch_tensors(split, ids, w.device)
         output = strategy.predict(inputs)
-        if output is None:
+        if output is None or not counted:
             continue
         n = targets.numel()
         totals[0] += float(loss_fn(output, targets)) * n
