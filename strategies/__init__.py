@@ -2,6 +2,7 @@
 from strategies import ddp  # noqa: F401  (registers "ddp")
 from strategies import fsdp  # noqa: F401  (registers "fsdp")
 from strategies import hybrid  # noqa: F401  (registers "tensor", "pipeline", "hybrid")
+from strategies import sequential  # noqa: F401  (registers "sequential")
 from strategies import zero  # noqa: F401  (registers "zero")
 from strategies.base import StepShape, Strategy
 from strategies.mesh import LayoutError, ParallelDims

@@ -103,6 +103,39 @@ def plan(
 
 
 @app.command()
+def verify(
+    job: Path = typer.Argument(..., help="Path to job.yaml."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Workers per layout (default: what each needs)."),
+    steps: int = typer.Option(3, "--steps", min=1, max=1000, help="Optimizer steps to compare."),
+    strategies: Optional[str] = typer.Option(
+        None, "--strategies", help="Layouts to check, e.g. ddp,zero2,fsdp,tensor,pipeline,hybrid "
+        "(default: the job's own strategy)."
+    ),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default 1e-5 fp32, 1e-2 bf16)."),
+    set_: Optional[List[str]] = SetOption,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
+) -> None:
+    """Check that each layout trains the job's model exactly as one plain process does."""
+    from orchestrator.verify.render import render_report
+    from orchestrator.verify.runner import verify as run_verify
+
+    spec = _load(job, set_)
+    names = [n.strip() for n in strategies.split(",") if n.strip()] if strategies else None
+    try:
+        report = run_verify(spec, names, workers, steps, rtol, address, _say)
+    except (JobSpecError, DataError, ResourceError) as error:
+        message = "\n  ".join(error.problems) if isinstance(error, JobSpecError) else str(error)
+        raise _fail(message, 2) from None
+    typer.echo(render_report(report))
+    if not report.passed:
+        raise typer.Exit(2)
+
+
+def _say(message: str) -> None:
+    typer.echo(f"[orchestrator] {message}")
+
+
+@app.command()
 def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "--json")) -> None:
     """State, step, world size, restarts, last checkpoint and throughput of a run."""
     from orchestrator.run.status import read_status, render_status
