@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelConfigError
+from models.hf_decoder import mark_pipeline_blocks
 
 HF_INSTALL_HINT = "install the Hugging Face extra: pip install -e .[hf]"
 
@@ -75,8 +76,11 @@ def build_hf_model(cls: type, options: dict[str, Any], data: dict[str, int | Non
     _check_context(cls, config, data.get("context"))
     # Under `torch.device("meta")` (validate and plan look at shapes only) no weights load.
     if pretrained is None or torch.get_default_device().type == "meta":
-        return cls(config)
-    return cls.from_pretrained(pretrained, config=config, local_files_only=True)
+        model = cls(config)
+    else:
+        model = cls.from_pretrained(pretrained, config=config, local_files_only=True)
+    # A decoder-only language model says which blocks a pipeline cuts it into.
+    return mark_pipeline_blocks(model)
 
 
 def _check_context(cls: type, config: Any, context: int | None) -> None:
