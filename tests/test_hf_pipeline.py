@@ -26,7 +26,7 @@ from models.hf_decoder import mark_pipeline_blocks  # noqa: E402
 from orchestrator.errors import JobSpecError  # noqa: E402
 from orchestrator.planning.report import render_plan  # noqa: E402
 from orchestrator.run.export import load_weights  # noqa: E402
-from strategies.blocks import named_blocks, shared_modules  # noqa: E402
+from strategies.blocks import named_blocks, repeated_blocks, shared_modules  # noqa: E402
 from strategies.pipeline_parallel import StageModule  # noqa: E402
 from tests.distributed import make_spec, train_in_processes  # noqa: E402
 from tests.ecosystem import LLAMA, LM_JOB  # noqa: E402
@@ -78,10 +78,12 @@ def test_blocks_in_order_compute_what_the_whole_model_computes(name, options, at
 def test_stages_keep_the_whole_models_names():
     model = _llama()
     blocks, shared = named_blocks(model), shared_modules(model)
-    stages = [StageModule(blocks[:3], shared), StageModule(blocks[3:], shared)]
+    stages = [StageModule(blocks[:3], shared, model._no_split_modules), StageModule(blocks[3:], shared)]
     keys = [list(stage.state_dict()) for stage in stages]
     assert keys[0][0] == "model.embed_tokens.weight" and keys[1][-1] == "lm_head.weight"
     assert sorted(keys[0] + keys[1]) == sorted(model.state_dict())
+    # FSDP (hybrid with data_parallel: fsdp) shards a stage by decoder layer, as the whole model.
+    assert repeated_blocks(stages[0]) == list(model.model.layers)
 
 
 # ---- refused, with the reason -----------------------------------------------------------------
