@@ -13,11 +13,12 @@ and, for sequence classification, `num_labels`; a torchvision builder gets
 
 Both libraries are optional (`pip install -e .[hf]`) and imported only when named.
 
-Exercised by: pytest tests/test_ecosystem_models.py
+Exercised by: pytest tests/test_ecosystem_parity.py tests/test_export.py
 """
 from __future__ import annotations
 
 import difflib
+import math
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelConfigError
+from models.hf_decoder import mark_pipeline_blocks
 
 HF_INSTALL_HINT = "install the Hugging Face extra: pip install -e .[hf]"
 
@@ -75,8 +77,11 @@ def build_hf_model(cls: type, options: dict[str, Any], data: dict[str, int | Non
     _check_context(cls, config, data.get("context"))
     # Under `torch.device("meta")` (validate and plan look at shapes only) no weights load.
     if pretrained is None or torch.get_default_device().type == "meta":
-        return cls(config)
-    return cls.from_pretrained(pretrained, config=config, local_files_only=True)
+        model = cls(config)
+    else:
+        model = cls.from_pretrained(pretrained, config=config, local_files_only=True)
+    # A decoder-only language model says which blocks a pipeline cuts it into.
+    return mark_pipeline_blocks(model)
 
 
 def _classifies(cls: type) -> bool:
@@ -136,6 +141,8 @@ def _logits_hook(module: nn.Module, inputs: Any, output: Any) -> Any:
 def reshape_inputs(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     """Make `model` take flat rows and see them as `shape` (e.g. [3, 32, 32] images)."""
     model.register_forward_pre_hook(partial(_reshape_hook, tuple(shape)))
+    # What the model reads, for code that probes it with an example input.
+    model.input_features = math.prod(shape)
     return model
 
 

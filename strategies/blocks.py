@@ -5,15 +5,20 @@ Two questions, answered here only:
 - `repeated_blocks(model)`: the modules FSDP shards as units of their own. Each unit is
   gathered whole just before it runs and freed after, so the largest unit, not the model,
   bounds the memory of whole parameters.
-- `blocks_of(model)`: the ordered sequence a pipeline cuts into stages. Stages keep the
-  blocks under their `layers.<i>` names (checkpoints load under any layout), so only a
-  model that is its `layers` applied in order (models/sequential.py) can be pipelined.
+- `named_blocks(model)`: the ordered sequence a pipeline cuts into stages, each block
+  with its path in the model. Stages keep the blocks under those paths (checkpoints load
+  under any layout), so a model can be pipelined when it is its blocks applied in order,
+  each taking the previous one's output as its only input: `model.layers`
+  (models/sequential.py), or the paths the model lists in `model.pipeline_blocks` (a
+  Hugging Face decoder: models/hf_decoder.py). `model.pipeline_shared` names modules
+  every stage holds beside its blocks without running them (rotary embeddings the blocks
+  call); `model.pipeline_refusal` says why a model of that shape cannot be cut exactly.
 
 Exercised by: pytest tests/test_strategy_layout.py
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -51,19 +56,48 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return _outermost(model, _repeated_in_module_list)
 
 
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The block sequence pipeline stages are cut from.
+def blocks_of(model: nn.Module) -> Sequence[nn.Module]:
+    """The block sequence pipeline stages are cut from: `model.layers` itself, or the
+    modules `model.pipeline_blocks` names, in order.
 
     Raises:
-        ValueError: when the model is not a sequence of blocks.
+        ValueError: when the model is not a sequence of blocks, naming strategy.pp and what
+            would make it one.
     """
+    paths = getattr(model, "pipeline_blocks", None)
+    if paths is not None:
+        return [model.get_submodule(path) for path in paths]
+    refusal = getattr(model, "pipeline_refusal", None)
+    if refusal is not None:
+        raise ValueError(
+            f"strategy.pp: the model ({type(model).__name__}) cannot be cut into pipeline stages: "
+            f"{refusal}; or set strategy.pp: 1"
+        )
     layers = getattr(model, "layers", None)
     if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
         raise ValueError(
             f"strategy.pp: the model ({type(model).__name__}) has no `layers` sequence of blocks "
-            "to cut into stages; build it as models.SequentialModel or set strategy.pp: 1"
+            "to cut into stages, nor `pipeline_blocks` naming them; build it as "
+            "models.SequentialModel, use a Hugging Face decoder built like Llama "
+            "(transformers:LlamaForCausalLM), give it `pipeline_blocks` (the paths of modules "
+            "that applied in order, each to the previous one's output alone, are the model), "
+            "or set strategy.pp: 1"
         )
     return layers
+
+
+def named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """`blocks_of(model)`, each block with its path in the model (`layers.3`,
+    `model.layers.0`): the names a pipeline stage keeps it under."""
+    blocks = blocks_of(model)
+    paths = getattr(model, "pipeline_blocks", None) or [f"layers.{i}" for i in range(len(blocks))]
+    return list(zip(paths, blocks))
+
+
+def shared_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules every pipeline stage holds beside its blocks (`model.pipeline_shared`), by
+    path: what blocks call without being blocks (a decoder's rotary embeddings)."""
+    return [(path, model.get_submodule(path)) for path in getattr(model, "pipeline_shared", None) or ()]
 
 
 def _repeated_in_module_list(module: nn.Module, parent: nn.Module) -> bool:

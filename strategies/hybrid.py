@@ -30,7 +30,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from strategies.base import LossFn, Strategy
-from strategies.blocks import blocks_of
+from strategies.blocks import blocks_of, named_blocks
 from strategies.compat import torch as compat_torch
 from strategies.fsdp import apply_fsdp
 from strategies.mesh import ParallelDims
@@ -38,6 +38,7 @@ from strategies.pipeline_parallel import (
     SCHEDULES,
     LocalStages,
     Pipeline,
+    StageModule,
     balanced_split_points,
     build_schedule,
     pipeline_forward,
@@ -83,8 +84,10 @@ class _PipelineFields(_Section):
         "interleaved_1f1b (default there: 2, else 1).",
     )
     split_points: list[int] | None = Field(
-        None, description="Index of the block each stage after the first starts at; default: "
-        "stages balanced by parameter count.",
+        None, description="Index of the block each stage after the first starts at, counted over "
+        "the model's block sequence: `model.layers`, or for a Hugging Face decoder its "
+        "`pipeline_blocks` (embed_tokens, each decoder layer, norm, lm_head: `orchestrator plan` "
+        "lists them); default: stages balanced by parameter count.",
     )
 
     @model_validator(mode="after")
@@ -426,21 +429,13 @@ def describe(options: BaseModel, model: nn.Module, dims: ParallelDims) -> ModelL
         lines += [f"  {name:<32} {style}" for name, style in plan.items()]
     shards = {"every worker": model}
     if dims.pp > 1:
-        blocks = blocks_of(model)
-        bounds = stage_bounds_for(model, config)
-        theory = theoretical_bubble(dims.pp, config.microbatches, config.stages_per_worker)
-        lines.append(
-            f"pipeline: {len(bounds)} stages on {dims.pp} workers, schedule {config.schedule}, "
-            f"{config.microbatches} micro-batches; bubble (p-1)/(v*m+p-1) = {theory:.1%}"
-        )
-        held: dict[int, dict[int, nn.Module]] = {r: {} for r in range(dims.pp)}
+        lines += _stage_lines(model, config, dims.pp)
+        blocks, bounds = named_blocks(model), stage_bounds_for(model, config)
+        held: dict[int, list[tuple[str, nn.Module]]] = {r: [] for r in range(dims.pp)}
         for stage, (start, stop) in enumerate(bounds):
-            names = ", ".join(type(blocks[i]).__name__ for i in range(start, stop))
-            n = sum(p.numel() for i in range(start, stop) for p in blocks[i].parameters())
-            span = f"block {start}" if stop - start == 1 else f"blocks {start}-{stop - 1}"
-            lines.append(f"  stage {stage} on pipeline rank {stage % dims.pp}: {span} ({names}), {n:,} parameters")
-            held[stage % dims.pp].update({i: blocks[i] for i in range(start, stop)})
-        shards = {f"pipeline rank {r}": _Blocks(b) for r, b in held.items()}
+            held[stage % dims.pp] += blocks[start:stop]
+        # Blocks at their whole-model paths, so the whole-model plan names them.
+        shards = {f"pipeline rank {r}": StageModule(b) for r, b in held.items()}
     if dims.dp > 1:
         how = "parameters, gradients, optimizer state sharded" if config.data_parallel == "fsdp" else "full replicas"
         lines.append(f"data parallel: {dims.dp} ways ({config.data_parallel}: {how}); the degree elastic resizes change")
@@ -453,12 +448,34 @@ def describe(options: BaseModel, model: nn.Module, dims: ParallelDims) -> ModelL
     return ModelLayout(lines=lines, worker_params=worker_params)
 
 
-class _Blocks(nn.Module):
-    """Blocks under their whole-model names, so a whole-model plan names them."""
+def _stage_lines(model: nn.Module, config: ModelParallelConfig, pp: int) -> list[str]:
+    """The pipeline: its schedule and bubble, then each stage's blocks by kind and by path."""
+    blocks, bounds = named_blocks(model), stage_bounds_for(model, config)
+    theory = theoretical_bubble(pp, config.microbatches, config.stages_per_worker)
+    lines = [
+        f"pipeline: {len(bounds)} stages on {pp} workers, schedule {config.schedule}, "
+        f"{config.microbatches} micro-batches; bubble (p-1)/(v*m+p-1) = {theory:.1%}"
+    ]
+    for stage, (start, stop) in enumerate(bounds):
+        held = blocks[start:stop]
+        kinds = ", ".join(type(block).__name__ for _, block in held)
+        n = sum(p.numel() for _, block in held for p in block.parameters())
+        span = f"block {start}" if stop - start == 1 else f"blocks {start}-{stop - 1}"
+        lines.append(f"  stage {stage} on pipeline rank {stage % pp}: {span} ({kinds}), {n:,} parameters")
+        lines.append(f"    holds {_paths_in_short([path for path, _ in held])}")
+    return lines
 
-    def __init__(self, blocks: dict[int, nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleDict({str(i): block for i, block in blocks.items()})
+
+def _paths_in_short(paths: list[str]) -> str:
+    """`model.layers.0, model.layers.1, model.layers.2` as `model.layers.0-2`."""
+    runs: list[list] = []  # [prefix, first, last], or [path, None, None] for an unnumbered one
+    for path in paths:
+        prefix, _, index = path.rpartition(".")
+        if runs and index.isdigit() and runs[-1][0] == prefix and runs[-1][2] == int(index) - 1:
+            runs[-1][2] = int(index)
+        else:
+            runs.append([prefix, int(index), int(index)] if index.isdigit() else [path, None, None])
+    return ", ".join(p if a is None else f"{p}.{a}" + (f"-{b}" if b > a else "") for p, a, b in runs)
 
 
 def _register(name: str, options: type[BaseModel], layout, summary: str) -> None:

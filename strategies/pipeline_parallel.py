@@ -1,11 +1,13 @@
 """Pipeline (inter-layer) parallelism on torch.distributed.pipelining.
 
-The model's block sequence (`model.layers`) is cut into contiguous stages, balanced by
-parameter count unless the job names the split points. Each pipeline rank builds a
-`PipelineStage` from its blocks; a schedule (GPipe, 1F1B, interleaved 1F1B) runs the
-micro-batches through them. The stage module keeps the blocks under their original names
-(`layers.3.attn.q_proj.weight` whatever the stage), so checkpoints written by one layout
-load under another.
+The model's block sequence (`model.layers`, or the paths `model.pipeline_blocks` lists:
+strategies/blocks.py) is cut into contiguous stages, balanced by parameter count unless
+the job names the split points. Each pipeline rank builds a `PipelineStage` from its
+blocks; a schedule (GPipe, 1F1B, interleaved 1F1B) runs the micro-batches through them.
+The stage module keeps the blocks at their paths in the whole model
+(`layers.3.attn.q_proj.weight`, `model.layers.1.mlp.up_proj.weight` whatever the stage),
+so checkpoints written by one layout load under another, a whole-model tensor plan names
+a stage's modules, and the exported weights load into the model's own class.
 
 Like torchtitan's `pipeline_llm`, `pipeline_parallelize` takes the other strategies'
 `parallelize` function and applies it to each stage.
@@ -24,7 +26,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from strategies.blocks import blocks_of
+from strategies.blocks import named_blocks, shared_modules
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 
@@ -96,15 +98,32 @@ def split_problems(points: Sequence[int], stages: int, n_blocks: int) -> list[st
 
 # ---- what a rank holds --------------------------------------------------------------------
 class StageModule(nn.Module):
-    """Some blocks of a sequential model, applied in order, under their original names.
+    """Some blocks of a model, applied in order, each at its path in the whole model.
 
-    `layers` is an nn.ModuleDict keyed by the block's index in the whole model, so the
-    state dict says `layers.3.fc.weight` on every layout.
+    The stage is the model's module tree cut down to these blocks (and the modules every
+    stage shares): `layers.3` sits in an nn.ModuleDict `layers` under key "3",
+    `model.layers.0` in `model` -> `layers` -> "0". Its state dict therefore says
+    `layers.3.fc.weight` or `model.layers.0.mlp.up_proj.weight` on every layout.
+
+    Args:
+        blocks: (path, block) pairs in the order they run; each block maps one tensor to one.
+        shared: (path, module) pairs held but not run (what the blocks call).
+        no_split: the model's `_no_split_modules`, so FSDP shards a stage in the same units
+            as the whole model.
     """
 
-    def __init__(self, blocks: dict[int, nn.Module]):
+    def __init__(
+        self,
+        blocks: Sequence[tuple[str, nn.Module]],
+        shared: Sequence[tuple[str, nn.Module]] = (),
+        no_split: Sequence[str] | None = None,
+    ):
         super().__init__()
-        self.layers = nn.ModuleDict({str(i): block for i, block in blocks.items()})
+        self.block_paths = tuple(path for path, _ in blocks)
+        for path, module in [*blocks, *shared]:
+            place_module(self, path, module)
+        if no_split:
+            self._no_split_modules = list(no_split)
         self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,18 +133,32 @@ class StageModule(nn.Module):
             return self._run(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.layers.values():
-            x = block(x)
+        for path in self.block_paths:
+            x = self.get_submodule(path)(x)
         return x
 
 
 class LocalStages(nn.Module):
-    """Every block a rank holds (several stages under interleaving), for the optimizer and
-    the checkpoint; the stages themselves run through `stages`."""
+    """Every block a rank holds (several stages under interleaving), at the same paths, for
+    the optimizer and the checkpoint; the stages themselves run through `stages`."""
 
-    def __init__(self, stages: list[StageModule]):
+    def __init__(self, stages: list[nn.Module]):
         super().__init__()
-        self.layers = nn.ModuleDict({k: v for stage in stages for k, v in stage.layers.items()})
+        for stage in stages:
+            for path in stage.block_paths:
+                place_module(self, path, stage.get_submodule(path))
+
+
+def place_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Register `module` at dotted `path` under `root`, making the missing containers on the
+    way as nn.ModuleDicts (`layers` of `layers.3`, as the whole model's names need)."""
+    *parents, leaf = path.split(".")
+    node = root
+    for name in parents:
+        if name not in node._modules:
+            node.add_module(name, nn.ModuleDict())
+        node = node._modules[name]
+    node.add_module(leaf, module)
 
 
 class TimedStage(PipelineStage):
@@ -195,20 +228,21 @@ def pipeline_parallelize(
     each in a PipelineStage.
 
     Args:
-        model: a sequential model (`model.layers`), whole, with its initial weights.
+        model: a model made of blocks (strategies/blocks.py), whole, with its initial weights.
         pp_mesh: the 1-D "pp" mesh this rank's pipeline runs over.
         bounds: [start, stop) blocks of every stage; len(bounds) is a multiple of pp_mesh.size().
         device: where the stages run.
         parallelize_stage: the other strategies' transform (tensor, then data parallel).
     """
-    blocks = blocks_of(model)
+    blocks, shared = named_blocks(model), shared_modules(model)
+    no_split = getattr(model, "_no_split_modules", None)
     pp, pp_rank = pp_mesh.size(), pp_mesh.get_local_rank()
     group = pp_mesh.get_group()
     stage_ids = [s for s in range(len(bounds)) if s % pp == pp_rank]
     modules, stages = [], []
     for stage_id in stage_ids:
         start, stop = bounds[stage_id]
-        module = StageModule({i: blocks[i] for i in range(start, stop)}).to(device)
+        module = StageModule(blocks[start:stop], shared, no_split).to(device)
         module = parallelize_stage(module)
         modules.append(module)
         stages.append(TimedStage(module, stage_id, len(bounds), device, group=group))

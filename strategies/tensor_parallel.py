@@ -136,7 +136,10 @@ def _pair(probe, tp: int) -> dict[str, str]:
 
 def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """A small input on the meta device, read off the first layer that holds parameters:
-    token ids for an nn.Embedding, features for an nn.Linear."""
+    token ids for an nn.Embedding, features for an nn.Linear; or flat rows of
+    `model.input_features` for a model that says what it reads."""
+    if isinstance(getattr(model, "input_features", None), int):
+        return torch.zeros(batch, model.input_features, device="meta")
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             return torch.zeros(batch, 4, dtype=torch.long, device="meta")

@@ -37,7 +37,7 @@ def test_project_models_shard_every_layer_in_order(name, options, data):
 
 def test_a_pipeline_stage_shards_the_blocks_it_holds():
     model = build_model("mlp", {"hidden": [16, 16, 8]}, **DIGITS)
-    stage = StageModule({1: model.layers[1], 2: model.layers[2]})
+    stage = StageModule([("layers.1", model.layers[1]), ("layers.2", model.layers[2])])
     assert [id(b) for b in repeated_blocks(stage)] == [id(model.layers[1]), id(model.layers[2])]
 
 

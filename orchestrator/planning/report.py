@@ -24,8 +24,10 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         model, spec, example_input(spec, arguments, layout.micro_batch), dp=dims.dp
     )
     n_params = sum(p.numel() for p in model.parameters())
+    # The blocks a pipeline would cut: the model's own list of them, else its layers.
+    n_blocks = len(getattr(model, "pipeline_blocks", None) or getattr(model, "layers", []))
     lines = [
-        f"job {spec.name}: model {spec.model.name} ({n_params:,} parameters, {len(getattr(model, 'layers', []))} blocks), "
+        f"job {spec.name}: model {spec.model.name} ({n_params:,} parameters, {n_blocks} blocks), "
         f"data {spec.data.source}, strategy {spec.strategy.name}",
         f"mesh: {workers} workers = data {dims.dp} x tensor {dims.tp} x pipeline {dims.pp}",
         f"batch: global {layout.global_batch} = data-parallel ranks {dims.dp} x micro-batch "
