@@ -175,7 +175,11 @@ class CheckpointSection(Section):
 class FailureSection(Section):
     """How many worker failures a run survives."""
 
-    max_failures: int = Field(3, ge=0, description="Restarts allowed before the run fails.")
+    max_failures: int = Field(
+        3, ge=0, description="Restarts allowed before the run fails. With the elastic backend, "
+        "an attempt that fails with the same error at the same step as the attempt before it "
+        "ends the run at once: a deterministic failure is reported, not retried."
+    )
     replace_timeout_s: float = Field(
         20.0, gt=0, description="How long to wait for a replacement worker before continuing "
         "with fewer workers (when scaling.workers allows fewer)."

@@ -16,11 +16,15 @@ from typing import Any
 
 import ray
 
+from orchestrator.execution.elastic.failures import FailureReport, diagnose, read_ray_error
 from orchestrator.execution.elastic.worker import TrainWorker
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 2.0
+# After a rank's attempt fails, how long the others get to fail too before the attempt
+# is judged: a killed worker's death and its peers' broken collectives arrive together.
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Member:
 class AttemptStatus:
     running: bool
     outcomes: list[str] = field(default_factory=list)
-    error: str | None = None
+    failure: FailureReport | None = None  # what ended the attempt, when it failed
 
 
 class RayWorkerGroup:
@@ -112,17 +116,18 @@ class RayWorkerGroup:
 
     def poll(self, timeout_s: float) -> AttemptStatus:
         done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=timeout_s)
-        errors = []
-        for ref in done:
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError as error:
-                errors.append(error)
-        if errors:
-            return AttemptStatus(running=False, error=_first_line(errors[0]))
-        if pending:
+        errors = _failed_ranks(self.futures, done)
+        if pending and not errors:
             return AttemptStatus(running=True)
-        return AttemptStatus(running=False, outcomes=ray.get(self.futures))
+        if pending:  # a rank failed: give the others a moment to fail with it
+            done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=SETTLE_S)
+            errors = _failed_ranks(self.futures, done)
+        if not errors:
+            return AttemptStatus(running=False, outcomes=ray.get(self.futures))
+        for rank, error in errors.items():
+            log.info("rank %d failed:\n%s", rank, error)  # the whole traceback, for controller.log
+        reports = [read_ray_error(error, rank, self.active[rank].node_id) for rank, error in errors.items()]
+        return AttemptStatus(running=False, failure=diagnose(reports, stuck={}))
 
     def recover(self, drain_timeout_s: float) -> list[str]:
         """After a failed attempt: let survivors unwind, drop the actors that are gone.
@@ -135,7 +140,7 @@ class RayWorkerGroup:
             try:
                 ray.get(pings[id(member)], timeout=0)
             except (ray.exceptions.RayError, TimeoutError) as error:
-                log.info("worker on node %s is gone: %s", member.node_id, _first_line(error))
+                log.info("worker on node %s is gone: %s", member.node_id, type(error).__name__)
                 dead.append(member)
         for member in dead:
             self.members.remove(member)
@@ -152,7 +157,14 @@ class RayWorkerGroup:
         self.members, self.pending, self.active, self.futures = [], [], [], []
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+def _failed_ranks(futures: list[Any], done: list[Any]) -> dict[int, ray.exceptions.RayError]:
+    """The failed ranks among the finished, with what `ray.get` raised for each."""
+    errors = {}
+    for rank, ref in enumerate(futures):
+        if ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                errors[rank] = error
+    return errors
+

@@ -15,6 +15,8 @@ from typing import Any
 
 import ray
 
+from orchestrator.execution.elastic.failures import AttemptFailed, report_exception
+
 # A collective that waits longer than this on a peer that is gone fails the attempt.
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
@@ -47,22 +49,30 @@ class TrainWorker:
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
                     failure: dict | None, owner: str, driver: tuple[str, int]) -> str:
+        """Join the attempt's process group and train. Whatever the attempt raises comes
+        back as `AttemptFailed`, with the step this rank was on.
+
+        Raises:
+            AttemptFailed: the report of the exception.
+        """
         import torch.distributed as dist
 
         from orchestrator.training.context import WorkerContext
         from orchestrator.training.loop import train
 
-        backend = "nccl" if self.use_gpu else "gloo"
-        dist.init_process_group(
-            backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
-            world_size=world_size, timeout=COLLECTIVE_TIMEOUT,
+        context = WorkerContext(
+            spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
+            world_size=world_size, device=self.device, attempt=attempt, failure=failure,
+            owner=owner, driver=driver,
         )
         try:
-            context = WorkerContext(
-                spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
-                world_size=world_size, device=self.device, attempt=attempt, failure=failure,
-                owner=owner, driver=driver,
+            dist.init_process_group(
+                "nccl" if self.use_gpu else "gloo", init_method=f"tcp://{address[0]}:{address[1]}",
+                rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT,
             )
-            return train(context)
-        finally:
-            dist.destroy_process_group()
+            try:
+                return train(context)
+            finally:
+                dist.destroy_process_group()
+        except Exception as error:
+            raise AttemptFailed(report_exception(error, rank, context.step)) from error

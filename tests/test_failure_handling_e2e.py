@@ -1,0 +1,75 @@
+"""Failures through the CLI on an embedded Ray: a bug in the user's model is reported
+after one retry, not retried until failure.max_failures runs out; killed workers are
+still retried, and every failure is listed.
+
+Exercised by: pytest tests/test_failure_handling_e2e.py   (skip with -m "not e2e")
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.run.files import read_jsonl
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+JOB = ROOT / "tests/jobs/mlp_parity.yaml"
+# 2 workers x 16 samples = the global batch of 32: one forward pass per optimizer step
+COMMON = ["train.micro_batch_size=16", "checkpoint.every_steps=2", "failure.max_failures=3"]
+
+
+def launch(run_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `orchestrator launch`; returns the finished process and its wall time."""
+    args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(run_dir)]
+    for override in (*COMMON, *overrides):
+        args += ["--set", override]
+    started = time.monotonic()
+    result = subprocess.run(args, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    wall = time.monotonic() - started
+    print(f"launch took {wall:.1f} s")
+    return result, wall
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == name]
+
+
+def test_an_error_in_the_model_at_the_same_step_twice_ends_the_run_with_the_users_frame(tmp_path):
+    result, wall = launch(tmp_path, "model.name=tests.failing_models:raises_at_step", "model.options={step: 5}",
+                          "train.steps=20", "scaling.spares=0")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert ("error: training failed: deterministic failure: the same error at step 5 in two attempts in a "
+            "row; not a lost worker\n  ValueError: deliberate failure at step 5\n"
+            "    at tests/failing_models.py:") in result.stderr
+    assert "in forward\n" in result.stderr
+    assert ("attempt 1 failed at step 5: ValueError: deliberate failure at step 5; restarting: failure 1 "
+            "of max 3") in result.stdout  # shown as it happens
+
+    assert len(events(tmp_path, "attempt")) == 2  # the retry that reproduced it, and no third
+    failures = events(tmp_path, "failure")
+    assert failures[-1]["time"] - failures[0]["time"] < 15  # once reproduced, no further waiting
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["restarts"] == 1 and summary["steps"] == 4
+    assert [(f["attempt"], f["type"], f["step"]) for f in summary["failures"]] == [
+        (1, "ValueError", 5), (2, "ValueError", 5)]
+    assert summary["failures"][0]["frames"][0].startswith("tests/failing_models.py:")
+    assert summary["failures"][0]["frames"][0].endswith(" in forward")
+    assert "ValueError: deliberate failure at step 5\n  at tests/failing_models.py:" in summary["error"]
+
+
+def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):
+    result, _ = launch(tmp_path, "chaos.kill_worker_at_steps=[3, 6, 9]", "train.steps=12")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 12 and summary["restarts"] == 3
+    assert [f["attempt"] for f in summary["failures"]] == [1, 2, 3]
+    for failure in summary["failures"]:
+        assert failure["kind"] == "died", failure
+        assert failure["error"].startswith("worker process died (rank 1 on node "), failure
+        assert failure["world_size_before"] == failure["world_size_after"] == 2
