@@ -1,10 +1,14 @@
 """Models that fail on purpose, as a user's buggy model would, for the failure tests:
-`tests.failing_models:raises_at_step`.
+`tests.failing_models:raises_at_step` and `tests.failing_models:hangs_once`.
 
 Each counts its training forward passes in a buffer, which is saved in checkpoints
 and loaded on resume, so a restarted attempt knows which optimizer step it is on.
 """
+import time
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -35,7 +39,26 @@ class RaisesAtStep(StepCountingMLP):
         return self.body(x)
 
 
+class HangsOnce(StepCountingMLP):
+    def __init__(self, input_dim: int, output_dim: int, step: int, rank: int, marker: str,
+                 forwards_per_step: int) -> None:
+        super().__init__(input_dim, output_dim, forwards_per_step)
+        self.step, self.rank, self.marker = step, rank, Path(marker)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_starting() == self.step and dist.get_rank() == self.rank and not self.marker.exists():
+            self.marker.touch()
+            time.sleep(3600)  # never returns within the test: its peers' collective times out
+        return self.body(x)
+
+
 def raises_at_step(input_dim: int, output_dim: int, step: int = 5, forwards_per_step: int = 1) -> nn.Module:
     """Raises ValueError in forward on the `step`-th optimizer step, in every attempt."""
     return RaisesAtStep(input_dim, output_dim, step, forwards_per_step)
 
+
+def hangs_once(input_dim: int, output_dim: int, marker: str, step: int = 3, rank: int = 1,
+               forwards_per_step: int = 1) -> nn.Module:
+    """On `rank` only, sleeps in forward on the `step`-th optimizer step, the first time
+    (a `marker` file remembers it): the other ranks' collective never completes."""
+    return HangsOnce(input_dim, output_dim, step, rank, marker, forwards_per_step)

@@ -1,5 +1,6 @@
 """Failures through the CLI on an embedded Ray: a bug in the user's model is reported
-after one retry, not retried until failure.max_failures runs out; killed workers are
+after one retry, not retried until failure.max_failures runs out; a rank that never
+reaches a collective is named within failure.collective_timeout_s; killed workers are
 still retried, and every failure is listed.
 
 Exercised by: pytest tests/test_failure_handling_e2e.py   (skip with -m "not e2e")
@@ -61,6 +62,26 @@ def test_an_error_in_the_model_at_the_same_step_twice_ends_the_run_with_the_user
     assert summary["failures"][0]["frames"][0].startswith("tests/failing_models.py:")
     assert summary["failures"][0]["frames"][0].endswith(" in forward")
     assert "ValueError: deliberate failure at step 5\n  at tests/failing_models.py:" in summary["error"]
+
+
+def test_a_rank_that_never_reaches_a_collective_is_named_and_the_retry_finishes(tmp_path):
+    marker = tmp_path / "hung"
+    result, _ = launch(tmp_path / "run", "model.name=tests.failing_models:hangs_once",
+                       f"model.options={{marker: {marker}, step: 3, rank: 1}}", "train.steps=8",
+                       "failure.collective_timeout_s=5")
+    run_dir = tmp_path / "run"
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "attempt 1 failed at step 3: collective hang at step 3: rank 1 never reached it" in result.stdout
+    [failure] = events(run_dir, "failure")
+    assert failure["kind"] == "hang" and failure["stuck_ranks"] == [1] and failure["step"] == 3
+    assert failure["message"].startswith("collective hang at step 3: rank 1 never reached it; rank 0 timed out")
+    assert failure["frames"][0].startswith("tests/failing_models.py:")  # where rank 1 was stuck
+    detection_s = failure["detected_at"] - marker.stat().st_mtime  # the marker is made as the hang starts
+    print(f"hang reported {detection_s:.1f} s after it began (collective_timeout_s 5)")
+    assert 5 <= detection_s < 5 + 5
+    assert "rank 1 did not unwind; killing its worker" in (run_dir / "controller.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 8 and summary["restarts"] == 1
 
 
 def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):

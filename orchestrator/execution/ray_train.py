@@ -5,6 +5,7 @@ up to `failure.max_failures`; each restart resumes from the newest valid checkpo
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ class RayTrainBackend:
 
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train.torch import TorchConfig, TorchTrainer
 
         trainer = TorchTrainer(
             train_worker,
+            torch_config=TorchConfig(timeout_s=math.ceil(spec.failure.collective_timeout_s)),
             train_loop_config={
                 "spec": spec,
                 "run_dir": str(run_dir),

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.execution.elastic.failures import FailureReport, diagnose, read_ray_error
+from orchestrator.execution.elastic.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 from orchestrator.execution.elastic.worker import TrainWorker
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class RayWorkerGroup:
         self.pending: list[Member] = []  # starting actors
         self.active: list[Member] = []  # the ranks of the current attempt, in rank order
         self.futures: list[Any] = []
+        self.stuck: set[int] = set()  # ranks of the failed attempt that never returned
         self.suspect_nodes: set[str] = set()
 
     # ---- membership --------------------------------------------------------------------------
@@ -127,12 +128,20 @@ class RayWorkerGroup:
         for rank, error in errors.items():
             log.info("rank %d failed:\n%s", rank, error)  # the whole traceback, for controller.log
         reports = [read_ray_error(error, rank, self.active[rank].node_id) for rank, error in errors.items()]
-        return AttemptStatus(running=False, failure=diagnose(reports, stuck={}))
+        waiting = [rank for rank, ref in enumerate(self.futures) if ref in pending]
+        timed_out = any(r.kind == TIMEOUT for r in reports)
+        where = _where({rank: self.active[rank].actor for rank in waiting}) if timed_out else {}
+        failure = diagnose(reports, where)
+        self.stuck = set(failure.stuck_ranks) if failure.kind == HANG else set()
+        return AttemptStatus(running=False, failure=failure)
 
     def recover(self, drain_timeout_s: float) -> list[str]:
-        """After a failed attempt: let survivors unwind, drop the actors that are gone.
-        Returns the node ids of the dead actors whose node looks lost as well."""
-        ray.wait(self.futures, num_returns=len(self.futures), timeout=drain_timeout_s)
+        """After a failed attempt: let survivors unwind, kill the ranks that hang, drop
+        the actors that are gone. Returns the node ids of the dead actors whose node
+        looks lost as well."""
+        unwinding = [ref for rank, ref in enumerate(self.futures) if rank not in self.stuck]
+        ray.wait(unwinding, num_returns=len(unwinding), timeout=drain_timeout_s)
+        self._kill_stuck()
         pings = {id(m): m.actor.ready.remote() for m in self.members}
         ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
         dead = []
@@ -148,8 +157,19 @@ class RayWorkerGroup:
         alive_nodes = {m.node_id for m in self.members}
         lost_nodes = sorted({m.node_id for m in dead} - alive_nodes)
         self.suspect_nodes.update(lost_nodes)
-        self.futures = []
+        self.futures, self.stuck = [], set()
         return lost_nodes
+
+    def _kill_stuck(self) -> None:
+        """A rank still inside its attempt after the drain will not unwind by itself (it
+        hangs in Python or in a collective): kill its actor, so no later attempt waits on it."""
+        _, running = ray.wait(self.futures, num_returns=len(self.futures), timeout=0)
+        for rank, ref in enumerate(self.futures):
+            member = self.active[rank]
+            if ref in running and member in self.members:
+                log.warning("rank %d did not unwind; killing its worker", rank)
+                self.members.remove(member)
+                ray.kill(member.actor, no_restart=True)
 
     def shutdown(self) -> None:
         for member in self.members + self.pending:
@@ -168,3 +188,15 @@ def _failed_ranks(futures: list[Any], done: list[Any]) -> dict[int, ray.exceptio
                 errors[rank] = error
     return errors
 
+
+def _where(actors: dict[int, Any]) -> dict[int, tuple[str, ...]]:
+    """Where each rank's attempt is in the code, asked of its actor (empty if it cannot say)."""
+    asked = {rank: actor.where.remote() for rank, actor in actors.items()}
+    ray.wait(list(asked.values()), num_returns=len(asked), timeout=PING_TIMEOUT_S)
+    found = {}
+    for rank, ref in asked.items():
+        try:
+            found[rank] = ray.get(ref, timeout=0)
+        except (ray.exceptions.RayError, TimeoutError):
+            found[rank] = ()
+    return found
