@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.run.control import Directive, request
 from orchestrator.execution.elastic.controller import ElasticController, State, Timings
-from orchestrator.execution.elastic.failures import DIED, ERROR, HANG, FailureReport
+from orchestrator.execution.failures import DIED, ERROR, HANG, FailureReport
 from orchestrator.execution.elastic.group import AttemptStatus
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
 from orchestrator.run.summary import summarize

@@ -94,3 +94,12 @@ def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):
         assert failure["kind"] == "died", failure
         assert failure["error"].startswith("worker process died (rank 1 on node "), failure
         assert failure["world_size_before"] == failure["world_size_after"] == 2
+
+
+def test_under_ray_train_the_error_reads_the_same_without_a_traceback(tmp_path):
+    result, _ = launch(tmp_path, "scaling.backend=ray_train", "failure.max_failures=0", "train.steps=8",
+                       "model.name=tests.failing_models:raises_at_step", "model.options={step: 5}")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert ("error: training failed: ValueError: deliberate failure at step 5\n"
+            "    at tests/failing_models.py:") in result.stderr

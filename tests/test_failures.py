@@ -11,7 +11,7 @@ import pickle
 import pytest
 import ray
 
-from orchestrator.execution.elastic.failures import (
+from orchestrator.execution.failures import (
     DIED, ERROR, HANG, LOST, TIMEOUT, AttemptFailed, FailureReport, diagnose, read_ray_error,
     report_exception,
 )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.execution.elastic.failures import FailureReport
+from orchestrator.execution.failures import FailureReport
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, ScalingPolicy
 from orchestrator.execution.elastic.steering import Steering
 from orchestrator.run.files import RunFiles, atomic_write_text

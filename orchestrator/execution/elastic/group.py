@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.execution.elastic.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
+from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 from orchestrator.execution.elastic.worker import TrainWorker
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestrator.execution.elastic.failures import HANG, FailureReport
+from orchestrator.execution.failures import HANG, FailureReport
 
 
 @dataclass(frozen=True)

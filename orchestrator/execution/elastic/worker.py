@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.execution.elastic.failures import AttemptFailed, code_frames, report_exception
+from orchestrator.execution.failures import AttemptFailed, code_frames, report_exception
 
 
 @ray.remote(max_restarts=0, max_concurrency=2)

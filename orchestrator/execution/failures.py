@@ -47,7 +47,7 @@ _VOLATILE = [
     (re.compile(r"\b[0-9a-f]{16,}\b"), "<id>"),
 ]
 _LIBRARY_ROOTS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}))
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]  # the directory that holds orchestrator/
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds orchestrator/
 _COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
                 "reduce_scatter_tensor", "broadcast", "barrier", "all_to_all", "gather", "scatter",
                 "reduce", "send", "recv", "monitored_barrier", "all_gather_object", "broadcast_object_list"}
