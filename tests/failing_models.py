@@ -1,5 +1,5 @@
 """Models that fail on purpose, as a user's buggy model would, for the failure tests:
-`tests.failing_models:raises_at_step` and `tests.failing_models:hangs_once`.
+`tests.failing_models:raises_at_step` and `tests.failing_models:hangs_at_step`.
 
 Each counts its training forward passes in a buffer, which is saved in checkpoints
 and loaded on resume, so a restarted attempt knows which optimizer step it is on.
@@ -39,16 +39,19 @@ class RaisesAtStep(StepCountingMLP):
         return self.body(x)
 
 
-class HangsOnce(StepCountingMLP):
-    def __init__(self, input_dim: int, output_dim: int, step: int, rank: int, marker: str,
+class HangsAtStep(StepCountingMLP):
+    def __init__(self, input_dim: int, output_dim: int, step: int, rank: int, marker: str | None,
                  forwards_per_step: int) -> None:
         super().__init__(input_dim, output_dim, forwards_per_step)
-        self.step, self.rank, self.marker = step, rank, Path(marker)
+        self.step, self.rank = step, rank
+        self.marker = Path(marker) if marker else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.step_starting() == self.step and dist.get_rank() == self.rank and not self.marker.exists():
-            self.marker.touch()
-            time.sleep(3600)  # never returns within the test: its peers' collective times out
+        if self.step_starting() == self.step and dist.get_rank() == self.rank:
+            if self.marker is None or not self.marker.exists():
+                if self.marker is not None:
+                    self.marker.touch()
+                time.sleep(3600)  # never returns within the test: its peers' collective times out
         return self.body(x)
 
 
@@ -57,8 +60,9 @@ def raises_at_step(input_dim: int, output_dim: int, step: int = 5, forwards_per_
     return RaisesAtStep(input_dim, output_dim, step, forwards_per_step)
 
 
-def hangs_once(input_dim: int, output_dim: int, marker: str, step: int = 3, rank: int = 1,
-               forwards_per_step: int = 1) -> nn.Module:
-    """On `rank` only, sleeps in forward on the `step`-th optimizer step, the first time
-    (a `marker` file remembers it): the other ranks' collective never completes."""
-    return HangsOnce(input_dim, output_dim, step, rank, marker, forwards_per_step)
+def hangs_at_step(input_dim: int, output_dim: int, step: int = 3, rank: int = 1, marker: str | None = None,
+                  forwards_per_step: int = 1) -> nn.Module:
+    """On `rank` only, sleeps in forward on the `step`-th optimizer step, so the other
+    ranks' collective never completes: in every attempt, or with a `marker` file (made
+    as the hang starts) only the first time."""
+    return HangsAtStep(input_dim, output_dim, step, rank, marker, forwards_per_step)

@@ -64,24 +64,34 @@ def test_an_error_in_the_model_at_the_same_step_twice_ends_the_run_with_the_user
     assert "ValueError: deliberate failure at step 5\n  at tests/failing_models.py:" in summary["error"]
 
 
-def test_a_rank_that_never_reaches_a_collective_is_named_and_the_retry_finishes(tmp_path):
-    marker = tmp_path / "hung"
-    result, _ = launch(tmp_path / "run", "model.name=tests.failing_models:hangs_once",
-                       f"model.options={{marker: {marker}, step: 3, rank: 1}}", "train.steps=8",
-                       "failure.collective_timeout_s=5")
+@pytest.mark.parametrize("once", [True, False], ids=["hangs-once-then-finishes", "hangs-again-and-the-run-ends"])
+def test_a_rank_that_never_reaches_a_collective_is_named_within_the_timeout(tmp_path, once):
     run_dir = tmp_path / "run"
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    options = f"{{step: 3, rank: 1, marker: {tmp_path / 'hung'}}}" if once else "{step: 3, rank: 1}"
+    result, _ = launch(run_dir, "model.name=tests.failing_models:hangs_at_step", f"model.options={options}",
+                       "train.steps=8", "failure.collective_timeout_s=5")
     assert "attempt 1 failed at step 3: collective hang at step 3: rank 1 never reached it" in result.stdout
-    [failure] = events(run_dir, "failure")
+    failure = events(run_dir, "failure")[0]
     assert failure["kind"] == "hang" and failure["stuck_ranks"] == [1] and failure["step"] == 3
     assert failure["message"].startswith("collective hang at step 3: rank 1 never reached it; rank 0 timed out")
     assert failure["frames"][0].startswith("tests/failing_models.py:")  # where rank 1 was stuck
-    detection_s = failure["detected_at"] - marker.stat().st_mtime  # the marker is made as the hang starts
-    print(f"hang reported {detection_s:.1f} s after it began (collective_timeout_s 5)")
+    # rank 1 hangs as step 3 starts, just after the step 2 record and checkpoint
+    step_2 = next(r for r in read_jsonl(run_dir / "metrics.jsonl") if r["step"] == 2)
+    detection_s = failure["detected_at"] - step_2["time"]
+    print(f"hang reported {detection_s:.1f} s after step 2 ended (collective_timeout_s 5)")
     assert 5 <= detection_s < 5 + 5
     assert "rank 1 did not unwind; killing its worker" in (run_dir / "controller.log").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == 8 and summary["restarts"] == 1
+    if once:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert summary["status"] == "finished" and summary["steps"] == 8 and summary["restarts"] == 1
+    else:
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert ("error: training failed: deterministic failure: the same hang of rank 1 at step 3 in two "
+                "attempts in a row; not a lost worker") in result.stderr
+        assert "    rank 1 stuck at tests/failing_models.py:" in result.stderr
+        assert summary["status"] == "failed" and [f["attempt"] for f in summary["failures"]] == [1, 2]
 
 
 def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):

@@ -103,6 +103,7 @@ def test_a_timed_out_collective_names_the_ranks_that_never_returned_and_where_th
     assert (hang.kind, hang.stuck_ranks, hang.rank, hang.step) == (HANG, (1,), 1, 3)
     assert hang.message.startswith("collective hang at step 3: rank 1 never reached it; rank 0 timed out")
     assert hang.frames == ("tests/failing_models.py:51 in forward",)
+    assert hang.text().splitlines()[1] == "  rank 1 stuck at tests/failing_models.py:51 in forward"
     assert hang.repeats(diagnose([waiting], stuck={1: ()}))
     assert not hang.repeats(diagnose([waiting], stuck={2: ()}))
 

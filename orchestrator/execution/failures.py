@@ -74,7 +74,9 @@ class FailureReport:
 
     def text(self) -> str:
         """`Type: message`, the frames, and where it happened, one per line."""
-        lines = [self.headline(), *(f"  at {frame}" for frame in self.frames)]
+        lines = [self.headline()]
+        for i, frame in enumerate(self.frames):  # a hang's frames are where the stuck rank is
+            lines.append(f"  {f'rank {self.rank} stuck at' if self.kind == HANG and i == 0 else 'at'} {frame}")
         where = [f"rank {self.rank}" if self.rank is not None else "",
                  f"step {self.step}" if self.step is not None else ""]
         if any(where):
@@ -155,7 +157,7 @@ def diagnose(reports: list[FailureReport], stuck: dict[int, tuple[str, ...]]) ->
     if first.kind == TIMEOUT and stuck:
         ranks = tuple(sorted(stuck))
         waiters = sorted(r.rank for r in reports if r.kind == TIMEOUT)
-        waited_at = f" at {first.frames[0]}" if first.frames else ""
+        waited_at = f" ({first.frames[0]})" if first.frames else ""
         message = (f"collective hang at step {step}: {_ranks(ranks)} never reached it; "
                    f"{_ranks(waiters)} timed out waiting in {first.operation}{waited_at}")
         return replace(first, kind=HANG, type="CollectiveHang", message=message, step=step,

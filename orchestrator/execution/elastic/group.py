@@ -120,20 +120,25 @@ class RayWorkerGroup:
         errors = _failed_ranks(self.futures, done)
         if pending and not errors:
             return AttemptStatus(running=True)
-        if pending:  # a rank failed: give the others a moment to fail with it
+        # A rank failed: give the others a moment to fail with it; after a collective
+        # timeout there is no need, the missing ranks have had the whole timeout.
+        if pending and any(self._report(rank, e).kind != TIMEOUT for rank, e in errors.items()):
             done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=SETTLE_S)
             errors = _failed_ranks(self.futures, done)
         if not errors:
             return AttemptStatus(running=False, outcomes=ray.get(self.futures))
         for rank, error in errors.items():
             log.info("rank %d failed:\n%s", rank, error)  # the whole traceback, for controller.log
-        reports = [read_ray_error(error, rank, self.active[rank].node_id) for rank, error in errors.items()]
+        reports = [self._report(rank, error) for rank, error in errors.items()]
         waiting = [rank for rank, ref in enumerate(self.futures) if ref in pending]
         timed_out = any(r.kind == TIMEOUT for r in reports)
         where = _where({rank: self.active[rank].actor for rank in waiting}) if timed_out else {}
         failure = diagnose(reports, where)
         self.stuck = set(failure.stuck_ranks) if failure.kind == HANG else set()
         return AttemptStatus(running=False, failure=failure)
+
+    def _report(self, rank: int, error: ray.exceptions.RayError) -> FailureReport:
+        return read_ray_error(error, rank, self.active[rank].node_id)
 
     def recover(self, drain_timeout_s: float) -> list[str]:
         """After a failed attempt: let survivors unwind, kill the ranks that hang, drop
