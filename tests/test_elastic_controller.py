@@ -11,9 +11,9 @@ import pytest
 
 from orchestrator.run.control import Directive, request
 from orchestrator.execution.elastic.controller import ElasticController, State, Timings
-from orchestrator.execution.failures import DIED, ERROR, HANG, FailureReport
 from orchestrator.execution.elastic.group import AttemptStatus
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
+from orchestrator.execution.failures import DIED, ERROR, HANG, FailureReport
 from orchestrator.run.summary import summarize
 
 

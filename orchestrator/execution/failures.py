@@ -76,7 +76,8 @@ class FailureReport:
         """`Type: message`, the frames, and where it happened, one per line."""
         lines = [self.headline()]
         for i, frame in enumerate(self.frames):  # a hang's frames are where the stuck rank is
-            lines.append(f"  {f'rank {self.rank} stuck at' if self.kind == HANG and i == 0 else 'at'} {frame}")
+            lead = f"rank {self.rank} stuck at" if self.kind == HANG and i == 0 else "at"
+            lines.append(f"  {lead} {frame}")
         where = [f"rank {self.rank}" if self.rank is not None else "",
                  f"step {self.step}" if self.step is not None else ""]
         if any(where):

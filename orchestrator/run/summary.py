@@ -37,7 +37,7 @@ def failures(records: RunRecords) -> list[dict]:
     found = []
     for event in records.events():
         if event["event"] == "failure":
-            recovery = recoveries.get(event["detected_at"], {})
+            recovery = recoveries.get(event.get("detected_at"), {})  # older runs did not write it
             failure = {k: v for k, v in event.items() if k not in ("event", "time", "failures")}
             found.append({**failure, **{k: v for k, v in recovery.items() if k != "error"}})
     return found

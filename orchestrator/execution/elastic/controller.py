@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.execution.failures import FailureReport
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, ScalingPolicy
 from orchestrator.execution.elastic.steering import Steering
+from orchestrator.execution.failures import FailureReport
 from orchestrator.run.files import RunFiles, atomic_write_text
 from orchestrator.run.records import EventLog, RunRecords
 

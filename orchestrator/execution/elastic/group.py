@@ -16,8 +16,8 @@ from typing import Any
 
 import ray
 
-from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 from orchestrator.execution.elastic.worker import TrainWorker
+from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 
 log = logging.getLogger(__name__)
 
