@@ -118,3 +118,18 @@ def test_reports_cross_process_boundaries_and_ray_errors_are_read():
                                                                            "stuck_ranks": ()})
     died = read_ray_error(ray.exceptions.ActorDiedError(), rank=1, node="0123456789abcdef0123")
     assert (died.kind, died.message) == (DIED, "worker process died (rank 1 on node 0123456789ab)")
+
+
+@pytest.mark.parametrize("ray_text,reason", [
+    ("The actor died unexpectedly before finishing this task.\n\tclass_name: TrainWorker\n\tpid: 22396\n"
+     "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+     "detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes",
+     "Worker unexpectedly exits with a connection error code 2."),
+    ("The actor died unexpectedly before finishing this task.\n\tclass_name: TrainWorker\n\tip: 10.0.0.2\n"
+     "The actor is dead because its node has died. Node Id: cf9763cecc15\n"
+     "\tthe actor's node was terminated expectedly: received SIGTERM",
+     "The actor is dead because its node has died."),
+])
+def test_a_dead_worker_says_why_ray_thinks_it_died(ray_text, reason):
+    died = read_ray_error(ray.exceptions.RayActorError(None, ray_text), rank=1, node="cf9763cecc15aa")
+    assert died.message == f"worker process died (rank 1 on node cf9763cecc15): {reason}"

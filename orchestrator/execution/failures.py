@@ -46,6 +46,7 @@ _VOLATILE = [
     (re.compile(r"\b(pid|port|actor_id|node_id|worker_id)\b([=: ]+)\w+", re.I), r"\1\2?"),
     (re.compile(r"\b[0-9a-f]{16,}\b"), "<id>"),
 ]
+_ACTOR_FIELD = re.compile(r"\t\w+: ")  # "\tpid: 123" in Ray's text of an actor's death
 _LIBRARY_ROOTS = tuple(sorted({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}))
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the directory that holds orchestrator/
 _COLLECTIVES = {"all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter",
@@ -141,13 +142,21 @@ def read_ray_error(error: BaseException, rank: int, node: str | None) -> Failure
         return replace(cause.report, node=node)
     if isinstance(error, ray.exceptions.RayTaskError) and cause is not None:
         return replace(report_exception(cause, rank, None), node=node)
-    detail = ""
-    if isinstance(error, ray.exceptions.RayActorError):
-        found = re.search(r"Worker exit detail: ([^.]*\.)", str(error))
-        detail = f": {found.group(1)}" if found else ""
     where = f"rank {rank} on node {node[:12]}" if node else f"rank {rank}"
-    return FailureReport(kind=DIED, type="WorkerDied", message=f"worker process died ({where}){detail}",
-                         rank=rank, node=node)
+    reason = _death_reason(str(error)) if isinstance(error, ray.exceptions.RayActorError) else None
+    return FailureReport(kind=DIED, type="WorkerDied", rank=rank, node=node,
+                         message=f"worker process died ({where})" + (f": {reason}" if reason else ""))
+
+
+def _death_reason(text: str) -> str | None:
+    """The first sentence of why Ray says an actor died ("Worker exit detail: ...", or the
+    first line after its class_name/pid/ip lines), e.g. "The actor is dead because its
+    node has died." """
+    detail = re.search(r"Worker exit detail: ([^.]*\.)", text)
+    if detail:
+        return detail.group(1)
+    reasons = [line.strip() for line in text.splitlines()[1:] if line.strip() and not _ACTOR_FIELD.match(line)]
+    return re.split(r"(?<=\.) ", reasons[0])[0] if reasons else None
 
 
 def diagnose(reports: list[FailureReport], stuck: dict[int, tuple[str, ...]]) -> FailureReport:

@@ -146,7 +146,6 @@ class RayWorkerGroup:
         looks lost as well."""
         unwinding = [ref for rank, ref in enumerate(self.futures) if rank not in self.stuck]
         ray.wait(unwinding, num_returns=len(unwinding), timeout=drain_timeout_s)
-        self._kill_stuck()
         pings = {id(m): m.actor.ready.remote() for m in self.members}
         ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
         dead = []
@@ -162,12 +161,14 @@ class RayWorkerGroup:
         alive_nodes = {m.node_id for m in self.members}
         lost_nodes = sorted({m.node_id for m in dead} - alive_nodes)
         self.suspect_nodes.update(lost_nodes)
+        self._kill_stuck()
         self.futures, self.stuck = [], set()
         return lost_nodes
 
     def _kill_stuck(self) -> None:
-        """A rank still inside its attempt after the drain will not unwind by itself (it
-        hangs in Python or in a collective): kill its actor, so no later attempt waits on it."""
+        """A rank whose actor answers but whose attempt is still running after the drain
+        will not unwind by itself (it hangs in Python or in a collective): kill its actor,
+        so no later attempt waits on it. Its node is alive: this is no lost node."""
         _, running = ray.wait(self.futures, num_returns=len(self.futures), timeout=0)
         for rank, ref in enumerate(self.futures):
             member = self.active[rank]
