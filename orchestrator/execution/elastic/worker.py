@@ -33,6 +33,7 @@ class TrainWorker:
         self.data = ray.get(data_ref_holder[0])
         self.use_gpu = use_gpu
         self.attempt_thread: int | None = None  # the thread running run_attempt, for `where`
+        self.process_group = None  # the last attempt's, kept until the next one (see run_attempt)
         configure_runtime(spec, threads)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
@@ -67,6 +68,7 @@ class TrainWorker:
             world_size=world_size, device=self.device, attempt=attempt, failure=failure,
             owner=owner, driver=driver,
         )
+        self.process_group = None  # the previous attempt's group: its collectives ended long ago
         try:
             # A collective waits this long for a peer; then it fails on the ranks that wait.
             dist.init_process_group(
@@ -74,6 +76,11 @@ class TrainWorker:
                 rank=rank, world_size=world_size,
                 timeout=timedelta(seconds=self.spec.failure.collective_timeout_s),
             )
+            # Hold the group beyond the attempt. If a failed attempt's model (DDP's reducer)
+            # held the last reference, freeing it would run gloo's destructor with the GIL
+            # held while gloo's own thread may need the GIL to drop the failed collective:
+            # a deadlock in torch (pytorch/pytorch#56297), seen after collective timeouts.
+            self.process_group = dist.group.WORLD
             try:
                 return train(context)
             finally:
