@@ -5,7 +5,6 @@ Exercised by: pytest tests/test_elastic_controller.py
 from __future__ import annotations
 
 import dataclasses
-
 import json
 
 import pytest
@@ -14,6 +13,8 @@ from orchestrator.run.control import Directive, request
 from orchestrator.execution.elastic.controller import ElasticController, State, Timings
 from orchestrator.execution.elastic.group import AttemptStatus
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, Noop, Resize, Restart, ScalingPolicy
+from orchestrator.execution.failures import DIED, ERROR, HANG, FailureReport
+from orchestrator.run.summary import summarize
 
 
 class FakeClock:
@@ -90,10 +91,41 @@ def directive(tmp_path):
     return json.loads((tmp_path / "directive.json").read_text())["directive"]
 
 
+def worker_died(step=4, rank=1):
+    """What a killed worker's attempt reports (its peers' broken collectives rank below it)."""
+    return FailureReport(kind=DIED, type="WorkerDied", message=f"worker process died (rank {rank} on node a)",
+                         rank=rank, step=step)
+
+
+def code_error(step=5, error_type="ValueError", message="deliberate failure at step 5"):
+    return FailureReport(kind=ERROR, type=error_type, message=message, rank=0, step=step,
+                         frames=("tests/failing_models.py:38 in forward", "strategies/base.py:114 in forward_backward"))
+
+
+def hang(step=3, stuck=(1,)):
+    return FailureReport(kind=HANG, type="CollectiveHang", message=f"collective hang at step {step}: rank 1 "
+                         "never reached it; rank 0 timed out waiting in recv in backward", rank=stuck[0],
+                         step=step, stuck_ranks=stuck)
+
+
+def fail_attempt(controller, group, failure):
+    """The running attempt fails with `failure`; returns the controller's next state.
+    The next attempt runs until the test says otherwise."""
+    group.status = AttemptStatus(running=False, failure=failure)
+    state = controller.step()
+    group.status = AttemptStatus(running=True)
+    return state
+
+
 def test_policies_decide_only():
     policy = FailurePolicy(max_failures=2)
-    assert isinstance(policy.decide(2), Restart) and "failure 2 of max 2" in policy.decide(2).reason
-    assert isinstance(policy.decide(3), Fail)
+    assert isinstance(policy.decide(2, worker_died(), 2, None), Restart)
+    assert "failure 2 of max 2" in policy.decide(2, worker_died(), 2, None).reason
+    assert isinstance(policy.decide(3, worker_died(), 3, None), Fail)
+    same = policy.decide(2, code_error(), attempt=2, previous=(1, code_error()))
+    assert isinstance(same, Fail) and same.reason == (
+        "deterministic failure: the same error at step 5 in two attempts in a row; not a lost worker")
+    assert isinstance(policy.decide(2, code_error(), attempt=3, previous=(1, code_error())), Restart)
     scaling = ScalingPolicy(1, 4, valid=lambda n: n != 3)
     assert scaling.best(capacity=3) == 2  # 3 workers cannot split the batch
     assert scaling.best(capacity=10, requested=1) == 1
@@ -106,9 +138,8 @@ def test_a_failed_worker_is_replaced_by_a_spare_at_the_same_size(tmp_path):
     controller, group, clock = make(tmp_path, ready=3)
     run_until(controller, State.RUNNING)
     assert group.started[-1][:2] == (2, 1)
-    group.status = AttemptStatus(running=False, error="Connection closed by peer")
     group.dead_on_recover = 1
-    assert controller.step() == State.RESTARTING
+    assert fail_attempt(controller, group, worker_died()) == State.RESTARTING
     run_until(controller, State.RUNNING)
     world_size, attempt, failure = group.started[-1]
     assert (world_size, attempt) == (2, 2)
@@ -121,9 +152,8 @@ def test_a_lost_node_shrinks_the_group_without_waiting(tmp_path):
     controller, group, clock = make(tmp_path, ready=2, spares=0)
     group.capacity = 2  # two nodes, one worker each
     run_until(controller, State.RUNNING)
-    group.status = AttemptStatus(running=False, error="Connection closed by peer")
     group.dead_on_recover, group.lost_on_recover = 1, ["node-b"]
-    controller.step()
+    fail_attempt(controller, group, worker_died())
     detected = clock.now
     run_until(controller, State.RUNNING)
     assert group.started[-1][0] == 1
@@ -133,9 +163,8 @@ def test_a_lost_node_shrinks_the_group_without_waiting(tmp_path):
 def test_a_lost_worker_without_spare_is_waited_for_then_the_group_shrinks(tmp_path):
     controller, group, clock = make(tmp_path, ready=2, spares=0)
     run_until(controller, State.RUNNING)
-    group.status = AttemptStatus(running=False, error="worker died")
     group.dead_on_recover, group.capacity = 1, 1  # no room for a replacement
-    controller.step()
+    fail_attempt(controller, group, worker_died())
     detected = clock.now
     run_until(controller, State.RUNNING)
     assert group.started[-1][0] == 1
@@ -145,10 +174,9 @@ def test_a_lost_worker_without_spare_is_waited_for_then_the_group_shrinks(tmp_pa
 def test_failures_beyond_the_maximum_end_the_run(tmp_path):
     controller, group, _ = make(tmp_path, max_failures=1)
     run_until(controller, State.RUNNING)
-    group.status = AttemptStatus(running=False, error="boom")
-    controller.step()
+    fail_attempt(controller, group, worker_died(step=4))
     run_until(controller, State.RUNNING)
-    assert controller.step() == State.ERRORED
+    assert fail_attempt(controller, group, worker_died(step=4)) == State.ERRORED
     assert "exceeds failure.max_failures 1" in controller.error
 
 
@@ -200,3 +228,94 @@ def test_terminal_outcomes(tmp_path, outcome, state):
     group.status = AttemptStatus(running=False, outcomes=[outcome, outcome])
     assert controller.step() == state
     assert json.loads((tmp_path / "controller.json").read_text())["state"] == state.value
+
+
+def test_the_same_error_at_the_same_step_twice_in_a_row_ends_the_run_without_spending_max_failures(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=5)
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, code_error()) == State.RESTARTING
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, code_error()) == State.ERRORED
+    assert [attempt for _, attempt, _ in group.started] == [1, 2]  # no third attempt
+    assert controller.error.splitlines() == [
+        "deterministic failure: the same error at step 5 in two attempts in a row; not a lost worker",
+        "ValueError: deliberate failure at step 5",
+        "  at tests/failing_models.py:38 in forward",
+        "  at strategies/base.py:114 in forward_backward",
+        "(rank 0, step 5)",
+    ]
+    failures = [e for e in events(tmp_path) if e["event"] == "failure"]
+    assert [(f["attempt"], f["step"], f["type"]) for f in failures] == [(1, 5, "ValueError"), (2, 5, "ValueError")]
+    assert failures[0]["decision"] == "restarting: failure 1 of max 5"
+    assert failures[1]["decision"].startswith("deterministic failure")
+
+
+@pytest.mark.parametrize("sequence", [
+    [code_error(step=5), code_error(step=6), code_error(step=7)],  # it moves: not the same failure
+    [code_error(), code_error(error_type="KeyError"), code_error()],  # another error between
+    [code_error(message="loss is nan (x=0x7f00)"), code_error(message="loss is inf (x=0x7f00)")],
+    [worker_died(step=4), worker_died(step=4), worker_died(step=4)],  # a dead worker is always retried
+    [hang(stuck=(1,)), hang(stuck=(0,))],  # another rank hangs
+], ids=["step-moves", "errors-alternate", "messages-differ", "worker-dies-at-the-same-step", "another-rank-hangs"])
+def test_different_failures_keep_restarting_until_max_failures(tmp_path, sequence):
+    controller, group, _ = make(tmp_path, max_failures=len(sequence))
+    for failure in sequence:
+        run_until(controller, State.RUNNING)
+        assert fail_attempt(controller, group, failure) == State.RESTARTING
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, worker_died(step=99)) == State.ERRORED
+    assert "exceeds failure.max_failures" in controller.error
+
+
+def test_the_same_error_is_retried_when_an_attempt_between_them_did_not_fail(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=5)
+    run_until(controller, State.RUNNING)
+    fail_attempt(controller, group, code_error())
+    run_until(controller, State.RUNNING)
+    group.status = AttemptStatus(running=False, outcomes=["resize", "resize"])  # ended at a boundary
+    controller.step()
+    group.status = AttemptStatus(running=True)
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, code_error()) == State.RESTARTING
+
+
+def test_the_same_rank_hanging_at_the_same_step_twice_ends_the_run(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=5)
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, hang()) == State.RESTARTING
+    run_until(controller, State.RUNNING)
+    assert fail_attempt(controller, group, hang()) == State.ERRORED
+    assert controller.error.splitlines()[:2] == [
+        "deterministic failure: the same hang of rank 1 at step 3 in two attempts in a row; not a lost worker",
+        "collective hang at step 3: rank 1 never reached it; rank 0 timed out waiting in recv in backward",
+    ]
+
+
+def test_the_summary_lists_every_failure_with_its_attempt_and_recovery(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=3)
+    for step in (4, 7, 10):
+        run_until(controller, State.RUNNING)
+        fail_attempt(controller, group, worker_died(step=step))
+        run_until(controller, State.RUNNING)
+        failure = group.started[-1][2]  # what the next attempt's first step record carries
+        record = {"step": step, "loss": 1.0, "world_size": 2, "failure": dict(failure, steps_redone=1)}
+        (tmp_path / "metrics.jsonl").open("a").write(json.dumps(record) + "\n")
+    group.status = AttemptStatus(running=False, outcomes=["finished", "finished"])
+    assert controller.step() == State.FINISHED
+
+    summary = summarize(tmp_path)
+    assert summary["restarts"] == 3
+    assert [(f["attempt"], f["kind"], f["step"]) for f in summary["failures"]] == [
+        (1, DIED, 4), (2, DIED, 7), (3, DIED, 10)]
+    assert all(f["error"].startswith("worker process died (rank 1") for f in summary["failures"])
+    assert all(f["steps_redone"] == 1 and f["world_size_after"] == 2 for f in summary["failures"])
+
+
+def test_a_failure_that_ends_the_run_is_listed_but_is_not_a_restart(tmp_path):
+    controller, group, _ = make(tmp_path, max_failures=5)
+    run_until(controller, State.RUNNING)
+    fail_attempt(controller, group, code_error())
+    run_until(controller, State.RUNNING)
+    fail_attempt(controller, group, code_error())
+    summary = summarize(tmp_path)
+    assert summary["restarts"] == 1 and [f["attempt"] for f in summary["failures"]] == [1, 2]

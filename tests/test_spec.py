@@ -38,6 +38,7 @@ BAD_INPUTS = [
     ("min-above-max", ["scaling.workers=[3, 2]"], "scaling.workers", "above max"),
     ("choice", ["optimizer.name=lbfgs"], "optimizer.name", "'sgd', 'adam' or 'adamw'"),
     ("conflict", ["optimizer.nesterov=true"], "optimizer.nesterov", "momentum"),
+    ("collective-timeout", ["failure.collective_timeout_s=0"], "failure.collective_timeout_s", "greater than 0"),
 ]
 
 

@@ -72,7 +72,9 @@ def _run(launcher) -> None:
     except (DataError, ResourceError) as error:
         raise _fail(str(error), 2) from None
     except OrchestratorError as error:
-        raise _fail(f"{error}\n  outputs so far: {launcher.run_dir}", 1) from None
+        # A training failure is its report (type, message, frames), not a traceback.
+        report = str(error).replace("\n", "\n  ")
+        raise _fail(f"{report}\n  outputs so far: {launcher.run_dir}", 1) from None
 
 
 @app.command()

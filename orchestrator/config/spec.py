@@ -190,12 +190,22 @@ class CheckpointSection(Section):
 
 
 class FailureSection(Section):
-    """How many worker failures a run survives."""
+    """How many worker failures a run survives, and how long a collective may wait."""
 
-    max_failures: int = Field(3, ge=0, description="Restarts allowed before the run fails.")
+    max_failures: int = Field(
+        3, ge=0, description="Restarts allowed before the run fails. With the elastic backend, "
+        "an attempt that fails with the same error at the same step as the attempt before it "
+        "ends the run at once: a deterministic failure is reported, not retried."
+    )
     replace_timeout_s: float = Field(
         20.0, gt=0, description="How long to wait for a replacement worker before continuing "
         "with fewer workers (when scaling.workers allows fewer)."
+    )
+    collective_timeout_s: float = Field(
+        30.0, gt=0, description="How long a collective (all-reduce, barrier, ...) waits for "
+        "every rank before the attempt fails; the elastic backend names the ranks that never "
+        "arrived. Keep it above the longest time one rank may run ahead of another (a slow "
+        "first step, a checkpoint written by one rank)."
     )
 
 

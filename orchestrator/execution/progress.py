@@ -2,6 +2,7 @@
 
 On a terminal: a progress bar with loss, throughput and ETA. Elsewhere (CI, logs
 piped to a file): one plain line every `train.log_every` steps and at validation.
+Either way, each failure the controller records is shown as it happens, with its decision.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from orchestrator.run.files import JsonlFollower, RunFiles
 class ProgressReporter:
     def __init__(self, run_dir: Path, spec: JobSpec, interactive: bool | None = None) -> None:
         self.follower = JsonlFollower(RunFiles(run_dir).metrics)
+        self.events = JsonlFollower(RunFiles(run_dir).events, from_end=True)  # this run's only
         self.total = spec.train.steps
         self.log_every = spec.train.log_every
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
@@ -40,6 +42,10 @@ class ProgressReporter:
             self._progress.stop()
 
     def update(self) -> None:
+        for event in self.events.poll():
+            if event["event"] == "failure":
+                self._say(f"attempt {event['attempt']} failed at step {event['step']}: "
+                          f"{event['error'].splitlines()[0]}; {event['decision']}")
         for record in self.follower.poll():
             status = _status(record)
             if self._progress is not None:
@@ -51,6 +57,12 @@ class ProgressReporter:
                 if "val_loss" in record:
                     line += f" | {_validation(record)}"
                 print(line, flush=True)
+
+    def _say(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, flush=True)
 
 
 def _status(record: dict) -> str:

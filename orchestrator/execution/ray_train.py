@@ -5,10 +5,13 @@ up to `failure.max_failures`; each restart resumes from the newest valid checkpo
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.spec import JobSpec
+from orchestrator.errors import TrainingError
+from orchestrator.execution.failures import AttemptFailed, diagnose, report_exception
 from orchestrator.execution.resources import WorkerResources
 from orchestrator.run.files import RunFiles
 
@@ -20,11 +23,12 @@ class RayTrainBackend:
         return 0  # Ray Train starts a whole new group; standby workers have no use
 
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+        from ray.train.torch import TorchConfig, TorchTrainer
 
         trainer = TorchTrainer(
             train_worker,
+            torch_config=TorchConfig(timeout_s=math.ceil(spec.failure.collective_timeout_s)),
             train_loop_config={
                 "spec": spec,
                 "run_dir": str(run_dir),
@@ -42,7 +46,13 @@ class RayTrainBackend:
                 failure_config=FailureConfig(max_failures=spec.failure.max_failures),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except WorkerGroupError as error:  # once failure.max_failures restarts are spent
+            failed = [e for _, e in sorted(error.worker_failures.items()) if isinstance(e, AttemptFailed)]
+            if not failed:
+                raise
+            raise TrainingError(diagnose([e.report for e in failed], stuck={}).text()) from error
         if result.error is not None:
             raise result.error
         return "finished"
@@ -69,4 +79,7 @@ def train_worker(config: dict[str, Any]) -> None:
         device=device,
     )
     configure_runtime(spec, config.get("threads_per_worker", 1))
-    train(worker)
+    try:
+        train(worker)
+    except Exception as error:
+        raise AttemptFailed(report_exception(error, worker.rank, worker.step)) from error

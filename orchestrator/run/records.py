@@ -70,9 +70,10 @@ class RunRecords:
 
 def count_restarts(events: list[dict[str, Any]]) -> int:
     """Restarts after failures, from `events.jsonl`. The elastic controller logs each
-    failure; under Ray Train a restart shows only as one more worker start."""
+    restart (a failure that ends the run is not one); under Ray Train a restart shows
+    only as one more worker start."""
     if any(e["event"] == "attempt" for e in events):
-        return sum(e["event"] == "failure" for e in events)
+        return sum(e["event"] == "restarting" for e in events)
     return max(0, sum(e["event"] == "started" for e in events) - 1)
 
 

@@ -10,15 +10,14 @@ from orchestrator.run.records import RunRecords
 
 
 def summarize(run_dir: Path) -> dict:
-    """Steps, final loss and validation metrics, restarts, from what the run wrote."""
+    """Steps, final loss and validation metrics, restarts and failures, from what the run wrote."""
     records = RunRecords(run_dir)
     steps = records.steps()
-    failures = [dict(r["failure"], step=r["step"]) for r in steps if "failure" in r]
     summary: dict = {
         "steps": steps[-1]["step"] if steps else 0,
         "final_loss": steps[-1]["loss"] if steps else None,
         "restarts": records.restarts(),
-        "failures": failures,
+        "failures": failures(records),
         "world_sizes": sorted({r["world_size"] for r in steps}),
     }
     validation = [r for r in steps if "val_loss" in r]
@@ -30,11 +29,25 @@ def summarize(run_dir: Path) -> dict:
     return summary
 
 
+def failures(records: RunRecords) -> list[dict]:
+    """Every failure the controller saw (`failure` events: what failed, in which attempt,
+    the decision), each with its recovery (from the first step record after it) when the
+    run recovered from it."""
+    recoveries = {r["failure"]["detected_at"]: r["failure"] for r in records.metrics() if "failure" in r}
+    found = []
+    for event in records.events():
+        if event["event"] == "failure":
+            recovery = recoveries.get(event.get("detected_at"), {})  # older runs did not write it
+            failure = {k: v for k, v in event.items() if k not in ("event", "time", "failures")}
+            found.append({**failure, **{k: v for k, v in recovery.items() if k != "error"}})
+    return found
+
+
 def write_summary(run_dir: Path, status: str, wall_time_s: float, error: BaseException | None) -> dict:
     """Write `summary.json` for a run that ended with `status`; returns what was written."""
     summary = summarize(run_dir)
     summary.update({"wall_time_s": wall_time_s, "status": status, "time": time.time()})
     if error is not None:
-        summary["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+        summary["error"] = str(error) or type(error).__name__
     atomic_write_text(RunFiles(run_dir).summary, json.dumps(summary, indent=2))
     return summary

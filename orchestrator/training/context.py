@@ -26,6 +26,9 @@ class WorkerContext:
     failure: dict[str, Any] | None = None
     owner: str | None = None  # the driver this attempt belongs to (elastic backend)
     driver: tuple[str, int] | None = None  # (node id, pid) of that driver
+    # The step this rank is on (the one in progress), kept by the loop; a failure is
+    # reported with it, and the same error at the same step twice is not retried.
+    step: int = 0
 
 
 def configure_runtime(spec: JobSpec, threads: int) -> None:

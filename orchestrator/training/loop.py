@@ -59,7 +59,7 @@ def train(w: WorkerContext) -> str:
     events = EventLog(w.run_dir, enabled=w.rank == 0)
     checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size)
     attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events)
-    step = resume(attempt)
+    step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
     metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
@@ -71,6 +71,7 @@ def train(w: WorkerContext) -> str:
 
     # ---- train ------------------------------------------------------------------------------
     while step < spec.train.steps:
+        w.step = step + 1
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
         loss, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from orchestrator.execution.elastic.policies import Fail, FailurePolicy, ScalingPolicy
 from orchestrator.execution.elastic.steering import Steering
+from orchestrator.execution.failures import FailureReport
 from orchestrator.run.files import RunFiles, atomic_write_text
 from orchestrator.run.records import EventLog, RunRecords
 
@@ -78,6 +79,7 @@ class ElasticController:
         self.attempt = 0
         self.world_size = 0
         self.failures = 0
+        self.last_failure: tuple[int, FailureReport] | None = None  # (attempt, what ended it)
         self.pending_failure: dict | None = None
         self.wait_for: int | None = None  # workers to wait for before the next attempt
         self.wait_deadline = 0.0
@@ -140,8 +142,8 @@ class ElasticController:
         if status.running:
             self.steering.while_running(self.world_size)
             return State.RUNNING
-        if status.error is not None:
-            return self._on_failure(status.error)
+        if status.failure is not None:
+            return self._on_failure(status.failure)
         if all(outcome == "finished" for outcome in status.outcomes):
             self._record("finished", attempt=self.attempt)
             return State.FINISHED
@@ -152,17 +154,19 @@ class ElasticController:
         self.wait_for, self.wait_deadline = 0, self.clock()
         return State.SCHEDULING
 
-    def _on_failure(self, error: str) -> State:
+    def _on_failure(self, failure: FailureReport) -> State:
         self.failures += 1
-        decision = self.failure_policy.decide(self.failures)
-        self._record("failure", error=error, failures=self.failures, decision=decision.reason)
-        log.warning("%s (%s)", decision.reason, error)
+        decision = self.failure_policy.decide(self.failures, failure, self.attempt, self.last_failure)
+        self.last_failure = (self.attempt, failure)
+        detected_at = self.clock()
+        self._record("failure", attempt=self.attempt, failures=self.failures, decision=decision.reason,
+                     detected_at=detected_at, error=failure.text(), **failure.to_dict())
         if isinstance(decision, Fail):
-            self.error = f"{decision.reason}; last error: {error}"
+            self.error = f"{decision.reason}\n" + failure.text()
             return State.ERRORED
         self.pending_failure = {
-            "detected_at": self.clock(),
-            "error": error,
+            "detected_at": detected_at,
+            "error": failure.headline(),
             "last_step": RunRecords(self.run_dir).last_step(),
             "world_size_before": self.world_size,
         }

@@ -17,10 +17,14 @@ from typing import Any
 import ray
 
 from orchestrator.execution.elastic.worker import TrainWorker
+from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT_S = 2.0
+# After a rank's attempt fails, how long the others get to fail too before the attempt
+# is judged: a killed worker's death and its peers' broken collectives arrive together.
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Member:
 class AttemptStatus:
     running: bool
     outcomes: list[str] = field(default_factory=list)
-    error: str | None = None
+    failure: FailureReport | None = None  # what ended the attempt, when it failed
 
 
 class RayWorkerGroup:
@@ -50,6 +54,7 @@ class RayWorkerGroup:
         self.pending: list[Member] = []  # starting actors
         self.active: list[Member] = []  # the ranks of the current attempt, in rank order
         self.futures: list[Any] = []
+        self.stuck: set[int] = set()  # ranks of the failed attempt that never returned
         self.suspect_nodes: set[str] = set()
 
     # ---- membership --------------------------------------------------------------------------
@@ -112,22 +117,35 @@ class RayWorkerGroup:
 
     def poll(self, timeout_s: float) -> AttemptStatus:
         done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=timeout_s)
-        errors = []
-        for ref in done:
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayError as error:
-                errors.append(error)
-        if errors:
-            return AttemptStatus(running=False, error=_first_line(errors[0]))
-        if pending:
+        errors = _failed_ranks(self.futures, done)
+        if pending and not errors:
             return AttemptStatus(running=True)
-        return AttemptStatus(running=False, outcomes=ray.get(self.futures))
+        # A rank failed: give the others a moment to fail with it; after a collective
+        # timeout there is no need, the missing ranks have had the whole timeout.
+        if pending and any(self._report(rank, e).kind != TIMEOUT for rank, e in errors.items()):
+            done, pending = ray.wait(self.futures, num_returns=len(self.futures), timeout=SETTLE_S)
+            errors = _failed_ranks(self.futures, done)
+        if not errors:
+            return AttemptStatus(running=False, outcomes=ray.get(self.futures))
+        for rank, error in errors.items():
+            log.info("rank %d failed:\n%s", rank, error)  # the whole traceback, for controller.log
+        reports = [self._report(rank, error) for rank, error in errors.items()]
+        waiting = [rank for rank, ref in enumerate(self.futures) if ref in pending]
+        timed_out = any(r.kind == TIMEOUT for r in reports)
+        where = _where({rank: self.active[rank].actor for rank in waiting}) if timed_out else {}
+        failure = diagnose(reports, where)
+        self.stuck = set(failure.stuck_ranks) if failure.kind == HANG else set()
+        return AttemptStatus(running=False, failure=failure)
+
+    def _report(self, rank: int, error: ray.exceptions.RayError) -> FailureReport:
+        return read_ray_error(error, rank, self.active[rank].node_id)
 
     def recover(self, drain_timeout_s: float) -> list[str]:
-        """After a failed attempt: let survivors unwind, drop the actors that are gone.
-        Returns the node ids of the dead actors whose node looks lost as well."""
-        ray.wait(self.futures, num_returns=len(self.futures), timeout=drain_timeout_s)
+        """After a failed attempt: let survivors unwind, kill the ranks that hang, drop
+        the actors that are gone. Returns the node ids of the dead actors whose node
+        looks lost as well."""
+        unwinding = [ref for rank, ref in enumerate(self.futures) if rank not in self.stuck]
+        ray.wait(unwinding, num_returns=len(unwinding), timeout=drain_timeout_s)
         pings = {id(m): m.actor.ready.remote() for m in self.members}
         ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
         dead = []
@@ -135,7 +153,7 @@ class RayWorkerGroup:
             try:
                 ray.get(pings[id(member)], timeout=0)
             except (ray.exceptions.RayError, TimeoutError) as error:
-                log.info("worker on node %s is gone: %s", member.node_id, _first_line(error))
+                log.info("worker on node %s is gone: %s", member.node_id, type(error).__name__)
                 dead.append(member)
         for member in dead:
             self.members.remove(member)
@@ -143,8 +161,21 @@ class RayWorkerGroup:
         alive_nodes = {m.node_id for m in self.members}
         lost_nodes = sorted({m.node_id for m in dead} - alive_nodes)
         self.suspect_nodes.update(lost_nodes)
-        self.futures = []
+        self._kill_stuck()
+        self.futures, self.stuck = [], set()
         return lost_nodes
+
+    def _kill_stuck(self) -> None:
+        """A rank whose actor answers but whose attempt is still running after the drain
+        will not unwind by itself (it hangs in Python or in a collective): kill its actor,
+        so no later attempt waits on it. Its node is alive: this is no lost node."""
+        _, running = ray.wait(self.futures, num_returns=len(self.futures), timeout=0)
+        for rank, ref in enumerate(self.futures):
+            member = self.active[rank]
+            if ref in running and member in self.members:
+                log.warning("rank %d did not unwind; killing its worker", rank)
+                self.members.remove(member)
+                ray.kill(member.actor, no_restart=True)
 
     def shutdown(self) -> None:
         for member in self.members + self.pending:
@@ -152,7 +183,26 @@ class RayWorkerGroup:
         self.members, self.pending, self.active, self.futures = [], [], [], []
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
+def _failed_ranks(futures: list[Any], done: list[Any]) -> dict[int, ray.exceptions.RayError]:
+    """The failed ranks among the finished, with what `ray.get` raised for each."""
+    errors = {}
+    for rank, ref in enumerate(futures):
+        if ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as error:
+                errors[rank] = error
+    return errors
+
+
+def _where(actors: dict[int, Any]) -> dict[int, tuple[str, ...]]:
+    """Where each rank's attempt is in the code, asked of its actor (empty if it cannot say)."""
+    asked = {rank: actor.where.remote() for rank, actor in actors.items()}
+    ray.wait(list(asked.values()), num_returns=len(asked), timeout=PING_TIMEOUT_S)
+    found = {}
+    for rank, ref in asked.items():
+        try:
+            found[rank] = ray.get(ref, timeout=0)
+        except (ray.exceptions.RayError, TimeoutError):
+            found[rank] = ()
+    return found

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from orchestrator.execution.failures import HANG, FailureReport
+
 
 @dataclass(frozen=True)
 class Restart:
@@ -31,10 +33,23 @@ class Resize:
 
 @dataclass(frozen=True)
 class FailurePolicy:
+    """Restarts after a failure, unless failures ran out or the failure is deterministic:
+    the attempt failed the same way (same error, same step; for a hang, the same stuck
+    ranks) as the attempt just before it. A restart resumes from a checkpoint before the
+    failing step, so a second identical failure says the code, not the cluster, fails;
+    a dead worker or a lost peer is never taken for that (see failures.REPEATABLE)."""
+
     max_failures: int
 
-    def decide(self, failures: int) -> Restart | Fail:
-        """`failures` counts the failure just seen."""
+    def decide(self, failures: int, failure: FailureReport, attempt: int,
+               previous: tuple[int, FailureReport] | None) -> Restart | Fail:
+        """`failures` counts `failure`, the one just seen, which ended `attempt`;
+        `previous` is the failure before it, with the attempt it ended."""
+        if previous is not None and previous[0] == attempt - 1 and failure.repeats(previous[1]):
+            what = "error" if failure.kind != HANG else \
+                f"hang of rank {', '.join(map(str, failure.stuck_ranks))}"
+            return Fail(f"deterministic failure: the same {what} at step {failure.step} in two "
+                        f"attempts in a row; not a lost worker")
         if failures > self.max_failures:
             return Fail(f"failure {failures} exceeds failure.max_failures {self.max_failures}")
         return Restart(f"restarting: failure {failures} of max {self.max_failures}")

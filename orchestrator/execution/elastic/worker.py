@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import ray
 
-# A collective that waits longer than this on a peer that is gone fails the attempt.
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+from orchestrator.execution.failures import AttemptFailed, code_frames, report_exception
 
 
 @ray.remote(max_restarts=0, max_concurrency=2)
@@ -30,6 +32,8 @@ class TrainWorker:
         self.run_dir = Path(run_dir)
         self.data = ray.get(data_ref_holder[0])
         self.use_gpu = use_gpu
+        self.attempt_thread: int | None = None  # the thread running run_attempt, for `where`
+        self.process_group = None  # the last attempt's, kept until the next one (see run_attempt)
         configure_runtime(spec, threads)
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
@@ -47,22 +51,46 @@ class TrainWorker:
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
                     failure: dict | None, owner: str, driver: tuple[str, int]) -> str:
+        """Join the attempt's process group and train. Whatever the attempt raises comes
+        back as `AttemptFailed`, with the step this rank was on.
+
+        Raises:
+            AttemptFailed: the report of the exception.
+        """
         import torch.distributed as dist
 
         from orchestrator.training.context import WorkerContext
         from orchestrator.training.loop import train
 
-        backend = "nccl" if self.use_gpu else "gloo"
-        dist.init_process_group(
-            backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
-            world_size=world_size, timeout=COLLECTIVE_TIMEOUT,
+        self.attempt_thread = threading.get_ident()
+        context = WorkerContext(
+            spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
+            world_size=world_size, device=self.device, attempt=attempt, failure=failure,
+            owner=owner, driver=driver,
         )
+        self.process_group = None  # the previous attempt's group: its collectives ended long ago
         try:
-            context = WorkerContext(
-                spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
-                world_size=world_size, device=self.device, attempt=attempt, failure=failure,
-                owner=owner, driver=driver,
+            # A collective waits this long for a peer; then it fails on the ranks that wait.
+            dist.init_process_group(
+                "nccl" if self.use_gpu else "gloo", init_method=f"tcp://{address[0]}:{address[1]}",
+                rank=rank, world_size=world_size,
+                timeout=timedelta(seconds=self.spec.failure.collective_timeout_s),
             )
-            return train(context)
-        finally:
-            dist.destroy_process_group()
+            # Hold the group beyond the attempt. If a failed attempt's model (DDP's reducer)
+            # held the last reference, freeing it would run gloo's destructor with the GIL
+            # held while gloo's own thread may need the GIL to drop the failed collective:
+            # a deadlock in torch (pytorch/pytorch#56297), seen after collective timeouts.
+            self.process_group = dist.group.WORLD
+            try:
+                return train(context)
+            finally:
+                dist.destroy_process_group()
+        except Exception as error:
+            raise AttemptFailed(report_exception(error, rank, context.step)) from error
+
+    def where(self) -> tuple[str, ...]:
+        """Where the running attempt is in the code, innermost frame first: asked of a rank
+        that did not return when its peers' collective timed out (it runs on the actor's
+        second thread)."""
+        frame = sys._current_frames().get(self.attempt_thread)
+        return code_frames(traceback.extract_stack(frame)) if frame is not None else ()
