@@ -68,3 +68,25 @@ def test_sharded_export_matches_one_worker_and_loads_back(job_model, strategy, w
     one.load_state_dict(reference)
     tokens = torch.randint(0, 256, (2, 12))
     torch.testing.assert_close(fresh(tokens).logits, one(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_training_starts_from_a_local_pretrained_directory(tmp_path):
+    """`model.pretrained` loads a `save_pretrained` directory (nothing is downloaded);
+    `model.options` still override its config."""
+    import transformers
+
+    from orchestrator.training.model import build_job_model
+
+    torch.manual_seed(5)
+    saved = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=256, **LLAMA["options"]))
+    saved.save_pretrained(tmp_path / "llama")
+    job = {**LM_JOB, "model": {"name": LLAMA["name"], "pretrained": "llama", "options": {"rms_norm_eps": 1e-5}}}
+    spec = make_spec(job, tmp_path)
+    torch.manual_seed(6)  # other random weights, were they drawn
+    model = build_job_model(spec, {"input_dim": None, "output_dim": None, "vocab_size": 256, "context": 16})
+    assert model.config.rms_norm_eps == 1e-5
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    bad = {**job, "model": {**job["model"], "pretrained": "nowhere"}}
+    with pytest.raises(Exception, match="model.pretrained"):
+        make_spec(bad, tmp_path)
