@@ -38,3 +38,7 @@ class CheckpointError(OrchestratorError):
 
 class TrainingError(OrchestratorError):
     """Training failed on the workers and could not be recovered."""
+
+
+class VerificationError(OrchestratorError):
+    """The job's layout does not train its model as one process does (`launch`'s check)."""

@@ -8,19 +8,17 @@ import contextlib
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from strategies.base import Strategy
 from strategies.mesh import ParallelDims
-from strategies.registry import StrategySpec, register_strategy
+from strategies.registry import StrategyOptions, StrategySpec, register_strategy
 
 
-class DDPOptions(BaseModel):
+class DDPOptions(StrategyOptions):
     """`strategy:` section for `name: ddp`."""
-
-    model_config = ConfigDict(extra="forbid")
     name: Literal["ddp"] = "ddp"
     bucket_cap_mb: float = Field(25.0, gt=0, description="Gradient all-reduce bucket size in MiB.")
 

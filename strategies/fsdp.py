@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -20,13 +20,11 @@ from torch.distributed.fsdp import fully_shard
 from strategies.base import Strategy
 from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
-from strategies.registry import Sharding, StrategySpec, register_strategy
+from strategies.registry import StrategyOptions, Sharding, StrategySpec, register_strategy
 
 
-class FSDPOptions(BaseModel):
+class FSDPOptions(StrategyOptions):
     """`strategy:` section for `name: fsdp`."""
-
-    model_config = ConfigDict(extra="forbid")
     name: Literal["fsdp"] = "fsdp"
     reshard_after_forward: bool = Field(
         True,
@@ -76,5 +74,6 @@ register_strategy(
         summary="fully sharded data parallel (PyTorch FSDP2): parameters, gradients and "
         "optimizer state sharded across workers",
         sharding=lambda options: Sharding(params=True, grads=True, optimizer=True),
+        changes_math=lambda options: True,
     )
 )

@@ -23,7 +23,7 @@ from typing import Iterable, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -47,7 +47,7 @@ from strategies.pipeline_parallel import (
     stage_bounds,
     theoretical_bubble,
 )
-from strategies.registry import ModelLayout, StrategySpec, register_strategy
+from strategies.registry import StrategyOptions, ModelLayout, StrategySpec, register_strategy
 from strategies.tensor_parallel import (
     PlanError,
     apply_tensor_parallel,
@@ -60,11 +60,7 @@ from strategies.tensor_parallel import (
 
 
 # ---- job.yaml ---------------------------------------------------------------------------------
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _TensorFields(_Section):
+class _TensorFields(StrategyOptions):
     plan: Literal["model", "auto"] = Field(
         "model",
         description="`model`: the model's own tensor plan (gpt: heads and MLP; mlp: column/row "
@@ -72,7 +68,7 @@ class _TensorFields(_Section):
     )
 
 
-class _PipelineFields(_Section):
+class _PipelineFields(StrategyOptions):
     schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
         "1f1b", description="Pipeline schedule."
     )
@@ -488,6 +484,7 @@ def _register(name: str, options: type[BaseModel], layout, summary: str) -> None
             summary=summary,
             check=check,
             describe=describe,
+            changes_math=lambda options: True,
         )
     )
 

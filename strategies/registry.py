@@ -9,13 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from torch import nn
 
     from strategies.base import Strategy
     from strategies.mesh import ParallelDims
+
+
+class StrategyOptions(BaseModel):
+    """Keys every `strategy:` section takes, whatever the strategy.
+
+    The check itself belongs to the orchestrator (`orchestrator verify`); a strategy
+    only says whether it changes the model's math (`StrategySpec.changes_math`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    verify: bool | None = Field(
+        None,
+        description="Check the layout against a sequential run on the job's own model before "
+        "training: true always, false never; unset: when the model is not a built-in and the "
+        "strategy changes its math (fsdp, zero stage 3, tensor, pipeline, hybrid).",
+    )
+    verify_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="model.options to override for that check, for a smaller instance of the same "
+        "model (fewer layers, a narrower width) when the whole one does not fit one process.",
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,9 @@ class StrategySpec:
         check_job: `check_job(options, job) -> problems`, checks against the rest of the job
             spec (optimizer, precision, ...) run once when job.yaml is loaded; each
             problem names its key. None when the options model checks everything.
+        changes_math: `changes_math(options) -> bool`: whether the layout computes the
+            model differently from one process (split or sharded weights, a split
+            forward), so that a model it was never tried on should be checked first.
     """
 
     name: str
@@ -78,6 +101,7 @@ class StrategySpec:
     check: Callable[[BaseModel, "nn.Module", "ParallelDims", int], list[str]] | None = None
     describe: Callable[[BaseModel, "nn.Module", "ParallelDims"], ModelLayout] | None = None
     check_job: Callable[[BaseModel, Any], list[str]] | None = None
+    changes_math: Callable[[BaseModel], bool] = lambda options: False
 
 
 STRATEGY_REGISTRY: dict[str, StrategySpec] = {}

@@ -11,18 +11,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from strategies.base import Strategy
 from strategies.mesh import LayoutError, ParallelDims
-from strategies.registry import StrategySpec, register_strategy
+from strategies.registry import StrategyOptions, StrategySpec, register_strategy
 
 
-class SequentialOptions(BaseModel):
+class SequentialOptions(StrategyOptions):
     """`strategy:` section for `name: sequential`."""
-
-    model_config = ConfigDict(extra="forbid")
     name: Literal["sequential"] = "sequential"
 
 

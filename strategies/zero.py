@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
 from strategies.compat import deepspeed as compat_deepspeed
 from strategies.deepspeed_config import deepspeed_config
 from strategies.mesh import ParallelDims
-from strategies.registry import Sharding, StrategySpec, register_strategy
+from strategies.registry import StrategyOptions, Sharding, StrategySpec, register_strategy
 from strategies.zero_checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
@@ -55,10 +55,8 @@ INSTALL_HINT = (
 )
 
 
-class ZeROOptions(BaseModel):
+class ZeROOptions(StrategyOptions):
     """`strategy:` section for `name: zero`."""
-
-    model_config = ConfigDict(extra="forbid")
     name: Literal["zero"] = "zero"
     stage: Literal[1, 2, 3] = Field(
         2,
@@ -300,5 +298,6 @@ register_strategy(
             }[options.offload],
         ),
         check_job=check_zero,
+        changes_math=lambda options: options.stage == 3,
     )
 )

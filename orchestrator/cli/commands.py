@@ -11,7 +11,14 @@ from typing import List, Optional
 
 import typer
 
-from orchestrator.errors import ControlError, DataError, JobSpecError, OrchestratorError, ResourceError
+from orchestrator.errors import (
+    ControlError,
+    DataError,
+    JobSpecError,
+    OrchestratorError,
+    ResourceError,
+    VerificationError,
+)
 
 app = typer.Typer(
     help="Elastic distributed training on Ray: write one job.yaml, launch it anywhere.",
@@ -71,6 +78,8 @@ def _run(launcher) -> None:
         launcher.run()
     except (DataError, ResourceError) as error:
         raise _fail(str(error), 2) from None
+    except VerificationError as error:  # the layout is wrong for this model: change the job
+        raise _fail(str(error).replace("\n", "\n  "), 2) from None
     except OrchestratorError as error:
         # A training failure is its report (type, message, frames), not a traceback.
         report = str(error).replace("\n", "\n  ")

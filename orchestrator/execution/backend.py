@@ -8,7 +8,7 @@ Nothing outside `backend_for` branches on `scaling.backend`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.execution.resources import WorkerResources
@@ -22,8 +22,11 @@ class Backend(Protocol):
         """Standby workers this backend keeps beside the job's own."""
         ...
 
-    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
+            before_training: Callable[[Any], None] | None = None) -> str:
         """Train to the end; return the final state ("finished" or "stopped").
+        `before_training(workers)` is given the started workers (an
+        `elastic.warm.WarmWorkers`) first: the launch check runs there.
 
         Raises:
             TrainingError: when training failed and could not be recovered.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator.config.loading import dump_spec
 from orchestrator.config.spec import JobSpec
-from orchestrator.errors import TrainingError
+from orchestrator.errors import TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
 from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
@@ -24,6 +24,7 @@ from orchestrator.execution.resources import WorkerResources, size_workers
 from orchestrator.run.control import claim_driver
 from orchestrator.run.files import RunFiles, atomic_write_text
 from orchestrator.run.summary import write_summary
+from orchestrator.verify.preflight import launch_check
 
 
 def default_run_dir(spec: JobSpec) -> Path:
@@ -53,6 +54,8 @@ class Launcher:
 
                 ray.shutdown()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
+        if isinstance(error, VerificationError):
+            raise error
         if error is not None:
             raise TrainingError(f"training failed: {error}") from error
         _say(f"{summary['status']}: {self.run_dir}")
@@ -78,11 +81,12 @@ class Launcher:
         _say(f"data: {data.describe()}")
         _say(_describe_workers(resources, self.spec.strategy.name))
         data_ref = ray.put(data)
+        check = launch_check(self.spec, self.run_dir, _say)
         outcome: dict = {"error": None, "state": "finished"}
 
         def target() -> None:
             try:
-                outcome["state"] = self.backend.run(self.spec, self.run_dir, data_ref, resources)
+                outcome["state"] = self.backend.run(self.spec, self.run_dir, data_ref, resources, check)
             except Exception as error:  # kept for the summary, raised by run()
                 outcome["error"] = error
 

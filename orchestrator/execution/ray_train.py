@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.errors import TrainingError
@@ -22,9 +22,15 @@ class RayTrainBackend:
     def spares(self, spec: JobSpec) -> int:
         return 0  # Ray Train starts a whole new group; standby workers have no use
 
-    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
+            before_training: Callable[[Any], None] | None = None) -> str:
         from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
         from ray.train.torch import TorchConfig, TorchTrainer
+
+        from orchestrator.execution.elastic.warm import lend_fresh_workers
+
+        if before_training is not None:  # Ray Train's own workers do not exist yet
+            lend_fresh_workers(spec, run_dir, data_ref, resources, before_training)
 
         trainer = TorchTrainer(
             train_worker,

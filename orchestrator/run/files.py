@@ -14,6 +14,7 @@
         checkpoints/        the training state (see training/checkpoint.py)
         samples/            sample ids each rank trained on (train.audit_samples)
         chaos/              markers of injected faults that fired
+        verify/             the launch check's runs, kept only when it fails
         ray/                Ray Train's own storage (scaling.backend: ray_train)
 
 Whole files are replaced atomically (write aside, then rename), so a reader sees
@@ -89,6 +90,11 @@ class RunFiles:
     @property
     def chaos(self) -> Path:
         return self.root / "chaos"
+
+    @property
+    def verify(self) -> Path:
+        """The launch check's reference and layout runs; removed once the check passes."""
+        return self.root / "verify"
 
     @property
     def ray_storage(self) -> Path:

@@ -26,6 +26,9 @@ def summarize(run_dir: Path) -> dict:
         summary["first_validation"] = {k: v for k, v in validation[0].items() if k.startswith("val_")}
     if records.files.weights.is_file():
         summary["weights"] = records.files.weights.name
+    checks = [e for e in records.events() if e.get("event") == "verify"]
+    if checks:  # the launch check of the layout (orchestrator verify, first)
+        summary["verify"] = {k: v for k, v in checks[-1].items() if k not in ("event", "time")}
     return summary
 
 

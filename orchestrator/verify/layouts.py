@@ -25,10 +25,13 @@ PRESETS: dict[str, tuple[dict[str, Any], int]] = {
 }
 
 
-def trimmed(spec: JobSpec, steps: int, strategy: dict[str, Any], workers: int) -> JobSpec:
+def trimmed(spec: JobSpec, steps: int, strategy: dict[str, Any], workers: int,
+            model_options: dict[str, Any] | None = None) -> JobSpec:
     """`spec` for `steps` steps under `strategy` at `workers`, with nothing else running:
-    no chaos, no intermediate checkpoints, no standby workers."""
+    no chaos, no intermediate checkpoints, no standby workers; on the smaller instance
+    of the model that `model_options` (else `strategy.verify_options`) ask for, if any."""
     raw = spec.model_dump(mode="json")
+    raw["model"]["options"].update(spec.strategy.verify_options if model_options is None else model_options)
     raw["strategy"] = strategy
     raw["train"].update(steps=steps, validate_every=0, log_every=max(1, steps), audit_samples=False)
     if raw["train"]["grad_clip"] is None:
@@ -40,8 +43,8 @@ def trimmed(spec: JobSpec, steps: int, strategy: dict[str, Any], workers: int) -
     return spec_from_dict(raw, base_dir=spec.base_dir)
 
 
-def reference_spec(spec: JobSpec, steps: int) -> JobSpec:
-    return trimmed(spec, steps, {"name": "sequential"}, 1)
+def reference_spec(spec: JobSpec, steps: int, model_options: dict[str, Any] | None = None) -> JobSpec:
+    return trimmed(spec, steps, {"name": "sequential"}, 1, model_options)
 
 
 def chosen_layouts(spec: JobSpec, names: list[str] | None, workers: int | None) -> dict[str, tuple[dict[str, Any], int]]:

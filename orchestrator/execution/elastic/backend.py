@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.errors import TrainingError
@@ -15,10 +15,12 @@ class ElasticBackend:
     def spares(self, spec: JobSpec) -> int:
         return spec.scaling.spares
 
-    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources) -> str:
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
+            before_training: Callable[[Any], None] | None = None) -> str:
         from orchestrator.execution.elastic.controller import ElasticController, State, Timings
         from orchestrator.execution.elastic.group import RayWorkerGroup
         from orchestrator.execution.elastic.policies import FailurePolicy, ScalingPolicy
+        from orchestrator.execution.elastic.warm import WarmWorkers
         from orchestrator.planning.layout import batch_fits
 
         scaling = spec.scaling
@@ -34,6 +36,15 @@ class ElasticBackend:
             spares=scaling.spares,
             timings=Timings(replace_timeout_s=spec.failure.replace_timeout_s),
         )
+        if before_training is not None:
+            warm = WarmWorkers(group, scaling.max_workers + scaling.spares,
+                               lambda ready: controller.scaling.best(ready, None),
+                               controller.timings.startup_timeout_s)
+            try:
+                before_training(warm)
+            except BaseException:
+                group.shutdown()
+                raise
         state = controller.run()
         if state == State.ERRORED:
             raise TrainingError(controller.error or "the elastic controller gave up")

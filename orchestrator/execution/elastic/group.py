@@ -102,7 +102,10 @@ class RayWorkerGroup:
         return len(self.members)
 
     # ---- attempts ----------------------------------------------------------------------------
-    def start(self, world_size: int, attempt: int, failure: dict | None, owner: str) -> None:
+    def start(self, world_size: int, attempt: int, failure: dict | None, owner: str,
+              job: tuple[Any, str] | None = None) -> None:
+        """Start an attempt on `world_size` ready workers; `job` (spec, run directory)
+        trains another job than the group's own (see TrainWorker.run_attempt)."""
         # Keep surviving ranks first so rank 0 stays where it was when it can.
         ordered = [m for m in self.active if m in self.members]
         ordered += [m for m in self.members if m not in ordered]
@@ -110,7 +113,7 @@ class RayWorkerGroup:
         address = ray.get(self.active[0].actor.rendezvous_address.remote())
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         self.futures = [
-            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner, driver)
+            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner, driver, job)
             for rank, member in enumerate(self.active)
         ]
 

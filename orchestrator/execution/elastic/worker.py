@@ -42,6 +42,14 @@ class TrainWorker:
     def ready(self) -> dict[str, Any]:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
+    def memory_bytes(self) -> int:
+        """Memory a job alone on this worker could use: the GPU's, else the host's free memory."""
+        import torch
+
+        if self.use_gpu:
+            return torch.cuda.get_device_properties(self.device).total_memory
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
     def rendezvous_address(self) -> tuple[str, int]:
         """An address on this node for rank 0 to host the process group's store."""
         ip = ray.util.get_node_ip_address()
@@ -50,9 +58,11 @@ class TrainWorker:
             return ip, sock.getsockname()[1]
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
-                    failure: dict | None, owner: str, driver: tuple[str, int]) -> str:
+                    failure: dict | None, owner: str, driver: tuple[str, int],
+                    job: tuple[Any, str] | None = None) -> str:
         """Join the attempt's process group and train. Whatever the attempt raises comes
-        back as `AttemptFailed`, with the step this rank was on.
+        back as `AttemptFailed`, with the step this rank was on. `job` (spec, run
+        directory) trains another job than the worker's own: the launch check's layout.
 
         Raises:
             AttemptFailed: the report of the exception.
@@ -63,8 +73,9 @@ class TrainWorker:
         from orchestrator.training.loop import train
 
         self.attempt_thread = threading.get_ident()
+        spec, run_dir = (job[0], Path(job[1])) if job is not None else (self.spec, self.run_dir)
         context = WorkerContext(
-            spec=self.spec, run_dir=self.run_dir, data=self.data, rank=rank,
+            spec=spec, run_dir=run_dir, data=self.data, rank=rank,
             world_size=world_size, device=self.device, attempt=attempt, failure=failure,
             owner=owner, driver=driver,
         )
@@ -74,7 +85,7 @@ class TrainWorker:
             dist.init_process_group(
                 "nccl" if self.use_gpu else "gloo", init_method=f"tcp://{address[0]}:{address[1]}",
                 rank=rank, world_size=world_size,
-                timeout=timedelta(seconds=self.spec.failure.collective_timeout_s),
+                timeout=timedelta(seconds=spec.failure.collective_timeout_s),
             )
             # Hold the group beyond the attempt. If a failed attempt's model (DDP's reducer)
             # held the last reference, freeing it would run gloo's destructor with the GIL
@@ -87,6 +98,13 @@ class TrainWorker:
                 dist.destroy_process_group()
         except Exception as error:
             raise AttemptFailed(report_exception(error, rank, context.step)) from error
+
+    def run_alone(self, spec, run_dir: str) -> None:
+        """Train `spec` here with no process group: the launch check's sequential
+        reference, on the same kind of device as the layout it is compared with."""
+        from orchestrator.verify.reference import run_reference
+
+        run_reference(spec, self.data, Path(run_dir), device=self.device)
 
     def where(self) -> tuple[str, ...]:
         """Where the running attempt is in the code, innermost frame first: asked of a rank
