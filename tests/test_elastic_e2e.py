@@ -19,6 +19,7 @@ import pytest
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.run.files import read_jsonl
 from orchestrator.run.records import latest_per_step
+from orchestrator.training.checkpoint import CheckpointManager
 from tests.distributed import assert_bitwise_equal, final_weights, make_spec, train_in_processes
 
 pytestmark = pytest.mark.e2e
@@ -72,15 +73,28 @@ def test_a_killed_worker_is_replaced_and_the_result_is_bitwise_identical(uninter
     assert_bitwise_equal(final_weights(tmp_path), final_weights(uninterrupted))
 
 
-def test_a_killed_driver_resumes_to_the_same_weights(tmp_path):
-    long_run = ("train.steps=300",)
-    reference = tmp_path / "uninterrupted"
-    launch(reference, *long_run)
-    run_dir = tmp_path / "killed"
+LONG_RUN = ("train.steps=300",)
+
+
+@pytest.fixture(scope="module")
+def long_uninterrupted(tmp_path_factory) -> Path:
+    """300 steps straight through: long enough to act on a run while it trains."""
+    run_dir = tmp_path_factory.mktemp("long-uninterrupted")
+    launch(run_dir, *LONG_RUN)
+    return run_dir
+
+
+def start_launch(run_dir: Path, *overrides: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(run_dir)]
-    for override in (*COMMON, *long_run):
+    for override in (*COMMON, *LONG_RUN, *overrides):
         args += ["--set", override]
-    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(args, cwd=ROOT, stdout=stdout, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_driver_resumes_to_the_same_weights(long_uninterrupted, tmp_path):
+    reference = long_uninterrupted
+    run_dir = tmp_path / "killed"
+    driver = start_launch(run_dir)
     wait_for_step(run_dir, 50, driver)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -93,6 +107,43 @@ def test_a_killed_driver_resumes_to_the_same_weights(tmp_path):
     events = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
     assert events and 50 <= events[-1]["step"] < 300
     assert_bitwise_equal(final_weights(run_dir), final_weights(reference))
+
+
+def test_sigterm_checkpoints_and_stops_and_resume_continues_bitwise(long_uninterrupted, tmp_path):
+    driver = start_launch(tmp_path, stdout=subprocess.PIPE)
+    wait_for_step(tmp_path, 30, driver)
+    driver.send_signal(signal.SIGTERM)  # SLURM's notice before the time limit, a pod deletion
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "SIGTERM: checkpointing and stopping" in output and "Traceback" not in output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "stopped" and 30 <= summary["steps"] < 300
+    assert CheckpointManager.list_checkpoints(tmp_path)[-1].name == f"step_{summary['steps']:08d}"
+
+    orchestrator("resume", str(tmp_path))
+    assert_bitwise_equal(final_weights(tmp_path), final_weights(long_uninterrupted))
+
+
+MALFORMED_REQUESTS = [
+    b"not json at all", b"\xff\xfe\xfd", b"[1, 2, 3]", b'"a string"', b"{}", b'{"workers": "two"}',
+    b'{"workers": -3}', b'{"workers": 10000000000}', b'{"stop": false}', b'{"stop": true, "workers": 2}',
+    b'{"shutdown": "now"}', b'{"workers": 2.5}',
+]
+
+
+def test_malformed_requests_are_set_aside_and_the_run_finishes_bitwise(long_uninterrupted, tmp_path):
+    driver = start_launch(tmp_path, stdout=subprocess.PIPE)
+    wait_for_step(tmp_path, 20, driver)
+    with open(tmp_path / "requests.jsonl", "ab") as handle:
+        for line in MALFORMED_REQUESTS:
+            handle.write(line + b"\n")
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output[-3000:]
+    rejected = [e for e in read_jsonl(tmp_path / "events.jsonl") if e["event"] == "request_rejected"]
+    assert len(rejected) == len(MALFORMED_REQUESTS), rejected
+    assert output.count("is not a request") == len(MALFORMED_REQUESTS)
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 300
+    assert_bitwise_equal(final_weights(tmp_path), final_weights(long_uninterrupted))
 
 
 def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_path):

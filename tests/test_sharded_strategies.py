@@ -18,8 +18,9 @@ import torch
 
 import strategies
 from orchestrator.errors import JobSpecError
-from orchestrator.run.files import RunFiles, read_jsonl
 from orchestrator.planning.memory import estimate_memory
+from orchestrator.run.files import RunFiles, read_jsonl
+from orchestrator.training.checkpoint import CheckpointManager, verify
 from strategies.deepspeed_config import deepspeed_config
 from tests.distributed import make_spec, train_in_processes
 from tests.jobs import ADAMW, MLP_JOB
@@ -140,6 +141,8 @@ def test_resumes_at_the_same_and_a_smaller_size(name, prepared, tmp_path):
         for record in resumed:
             step = record["step"]
             assert_close(record["loss"], expected[step - 1]["loss"], f"{workers} workers, step {step}")
+        # What a load at another size derives inside a checkpoint leaves it valid.
+        assert all(verify(c) is None for c in CheckpointManager.list_checkpoints(run_dir))
 
 
 # ---- schedule and clipping -------------------------------------------------------------------

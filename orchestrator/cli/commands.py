@@ -1,6 +1,7 @@
 """The `orchestrator` command. Commands parse arguments and delegate; no logic lives here.
 
-Exit status: 0 success, 1 training failed, 2 bad input (job.yaml, flags, resources).
+Exit status: 0 success, 1 training failed, 2 bad input (job.yaml, flags, resources);
+launch/resume stopped by SIGTERM or SIGINT (after a checkpoint): 128 + the signal, 143 or 130.
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ def resume(
 def _run(launcher) -> None:
     try:
         launcher.run()
+        if launcher.signal is not None:  # stopped by SIGTERM/SIGINT: 143/130, as the shell counts
+            raise typer.Exit(128 + launcher.signal)
     except (DataError, ResourceError) as error:
         raise _fail(str(error), 2) from None
     except VerificationError as error:  # the layout is wrong for this model: change the job

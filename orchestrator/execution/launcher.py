@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from datetime import datetime
@@ -21,8 +22,8 @@ from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
 from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
 from orchestrator.execution.resources import WorkerResources, size_workers
-from orchestrator.run.control import claim_driver
-from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.run.control import claim_driver, request
+from orchestrator.run.files import RunFiles, atomic_write_text, read_json
 from orchestrator.run.summary import write_summary
 from orchestrator.verify.preflight import launch_check
 
@@ -39,21 +40,31 @@ class Launcher:
         self.run_dir = Path(run_dir).resolve()
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.backend = backend_for(spec.scaling.backend)
+        self.signal: signal.Signals | None = None  # SIGTERM or SIGINT received: stop with a checkpoint
+        self._stop_asked = False
+        self._started = 0.0
 
     def run(self) -> dict:
         refuse_ray_client(self.address)
         self._open_run_dir()
-        started = time.time()
+        started = self._started = time.time()
         _say(f"run directory: {self.run_dir}")
         embedded = start_ray(self.address, _say)
         try:
-            state, error = self._train()
+            with _StopOnSignal(self):
+                state, error = self._train()
+        except KeyboardInterrupt:  # a second signal, or one a backend cannot stop on
+            state, error = "interrupted", None
+            self.signal = self.signal or signal.SIGINT
         finally:
             if embedded:
                 import ray
 
                 ray.shutdown()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
+        if self.signal is not None:
+            _say(f"{self.signal.name}: {summary['status']} at step {summary['steps']}; "
+                 f"`orchestrator resume {self.run_dir}` continues it")
         if isinstance(error, VerificationError):
             raise error
         if error is not None:
@@ -96,8 +107,47 @@ class Launcher:
             while thread.is_alive():
                 thread.join(timeout=0.5)
                 progress.update()
+                self._pass_on_signal()
             progress.update()
         return outcome["state"], outcome["error"]
+
+    def on_signal(self, received: signal.Signals) -> None:
+        """First SIGTERM/SIGINT: checkpoint and stop (SLURM's and Kubernetes' notice of
+        preemption). A second one, or a backend that takes no stop: stop at once."""
+        if self.signal is not None or not self.backend.controllable:
+            raise KeyboardInterrupt(received.name)
+        self.signal = received
+        _say(f"{received.name}: checkpointing and stopping (send it again to stop at once)")
+
+    def _pass_on_signal(self) -> None:
+        """Hand a received signal to the controller as a stop request, once it is there
+        to read it (its controller.json is newer than this launch)."""
+        if self.signal is None or self._stop_asked:
+            return
+        state = read_json(RunFiles(self.run_dir).controller_state) or {}
+        if state.get("time", 0) >= self._started:
+            request(self.run_dir, stop=True)
+            self._stop_asked = True
+
+
+class _StopOnSignal:
+    """SIGTERM and SIGINT call `launcher.on_signal` while training runs (main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.previous: dict = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, lambda number, _: self.launcher.on_signal(signal.Signals(number)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _describe_workers(resources: WorkerResources, strategy: str) -> str:

@@ -46,6 +46,13 @@ class ProgressReporter:
             if event["event"] == "failure":
                 self._say(f"attempt {event['attempt']} failed at step {event['step']}: "
                           f"{event['error'].splitlines()[0]}; {event['decision']}")
+            elif event["event"] == "request_rejected":
+                self._say(f"WARNING: a line of requests.jsonl is not a request ({event['reason']}); ignored")
+            elif event["event"] == "checkpoint_skipped":
+                self._say(f"WARNING: checkpoint {event['checkpoint']} is not used: {event['reason']}")
+            elif event["event"] == "checkpoint_none_valid":
+                self._say(f"WARNING: none of the {event['checked']} checkpoints is valid: "
+                          "training starts from step 0")
         for record in self.follower.poll():
             status = _status(record)
             if self._progress is not None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.run.files import JsonlFollower, RunFiles, append_jsonl, atomic_write_text
+from orchestrator.run.files import JsonlFollower, RunFiles, append_jsonl, atomic_write_text, read_json
 
 
 class Directive(enum.IntEnum):
@@ -30,14 +30,47 @@ def request(run_dir: Path, **fields: Any) -> None:
     append_jsonl(RunFiles(run_dir).requests, {**fields, "time": time.time()})
 
 
+# Bounds a request's worker count: beyond any cluster, and small enough to plan for.
+MAX_REQUESTED_WORKERS = 100_000
+
+
 class RequestInbox:
-    """The requests appended since the driver started; earlier ones are history."""
+    """The requests appended since the driver started; earlier ones are history.
+
+    Anyone who can write the run directory can append to requests.jsonl, by hand too;
+    a line that is not a request is set aside with the reason, never acted on."""
 
     def __init__(self, run_dir: Path) -> None:
         self.follower = JsonlFollower(RunFiles(run_dir).requests, from_end=True)
 
-    def poll(self) -> list[dict[str, Any]]:
-        return self.follower.poll()
+    def poll(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """(requests, rejected lines as (line, why)) appended since the last call."""
+        requests = []
+        for record in self.follower.poll():
+            problem = request_problem(record)
+            if problem is None:
+                requests.append(record)
+            else:
+                self.follower.rejected.append((json.dumps(record)[:200], problem))
+        rejected, self.follower.rejected = self.follower.rejected, []
+        return requests, rejected
+
+
+def request_problem(record: dict[str, Any]) -> str | None:
+    """Why a record is not a request `scale` or `stop` would write; None if it is one."""
+    unknown = set(record) - {"stop", "workers", "time"}
+    if unknown:
+        return f"unknown key(s) {sorted(unknown)}"
+    if "time" in record and (isinstance(record["time"], bool) or not isinstance(record["time"], (int, float))):
+        return "time is not a number"
+    if ("stop" in record) == ("workers" in record):
+        return "a request is either {\"stop\": true} or {\"workers\": N}"
+    if "stop" in record and record["stop"] is not True:
+        return "stop must be true"
+    workers = record.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_REQUESTED_WORKERS:
+        return f"workers must be a whole number from 1 to {MAX_REQUESTED_WORKERS}"
+    return None
 
 
 def write_directive(run_dir: Path, owner: str, attempt: int, directive: Directive) -> None:
@@ -48,13 +81,12 @@ def write_directive(run_dir: Path, owner: str, attempt: int, directive: Directiv
 
 def read_directive(run_dir: Path, owner: str | None, attempt: int) -> Directive:
     """What the driver `owner` asks of `attempt`; ABANDON when another driver owns the run."""
-    try:
-        content = json.loads(RunFiles(run_dir).directive.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    content = read_json(RunFiles(run_dir).directive)
+    if content is None:  # none yet, or torn: the driver rewrites it whole
         return Directive.CONTINUE
     if owner is not None and content.get("owner") != owner:
         return Directive.ABANDON
-    if content.get("attempt") != attempt:
+    if content.get("attempt") != attempt or content.get("directive") not in Directive.__members__:
         return Directive.CONTINUE
     return Directive[content["directive"]]
 

@@ -124,36 +124,68 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Complete records of a JSON-lines file; a line still being written is skipped."""
+    """Complete records of a JSON-lines file; a line still being written is skipped, and
+    so is a damaged one (not UTF-8, not JSON, not an object)."""
     if not Path(path).is_file():
         return
-    with open(path) as handle:
+    with open(path, "rb") as handle:
         for line in handle:
-            if line.endswith("\n"):
-                yield json.loads(line)
+            if line.endswith(b"\n"):
+                record, _ = parse_record(line)
+                if record is not None:
+                    yield record
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when there is none yet."""
+    """A JSON object file's content; None when there is none yet, or what is there is
+    not a JSON object (a damaged file reads as a missing one)."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        content = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def parse_record(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """One JSON-lines record, or None and why it is not one."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except json.JSONDecodeError as error:
+        return None, f"not JSON ({error.msg})"
+    if not isinstance(record, dict):
+        return None, f"not a JSON object but {type(record).__name__}"
+    return record, None
 
 
 class JsonlFollower:
-    """Reads records appended to a JSON-lines file since the last call."""
+    """Reads records appended to a JSON-lines file since the last call. Damaged lines
+    are skipped; the last ones are kept in `rejected` as (first 200 bytes, why)."""
 
     def __init__(self, path: Path, from_end: bool = False) -> None:
         self.path = Path(path)
         self.offset = self.path.stat().st_size if from_end and self.path.is_file() else 0
-        self.buffer = ""
+        self.buffer = b""
+        self.rejected: list[tuple[str, str]] = []
 
     def poll(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        with open(self.path) as handle:
+        with open(self.path, "rb") as handle:
             handle.seek(self.offset)
             chunk = handle.read()
             self.offset = handle.tell()
         self.buffer += chunk
-        *lines, self.buffer = self.buffer.split("\n")
-        return [json.loads(line) for line in lines if line]
+        *lines, self.buffer = self.buffer.split(b"\n")
+        records = []
+        for line in lines:
+            if not line.strip():
+                continue
+            record, problem = parse_record(line)
+            if record is None:
+                self.rejected.append((line[:200].decode("utf-8", "replace"), problem))
+            else:
+                records.append(record)
+        return records

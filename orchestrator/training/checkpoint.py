@@ -3,23 +3,24 @@
 Layout of one checkpoint, `RUN_DIR/checkpoints/step_00000050/`:
     state/          model + optimizer + schedule, written by the strategy (all ranks)
     trainer.json    step, layout and data cursor at save time
-    rng/rank_N.pt   every RNG stream of rank N
-    manifest.json   size and sha256 of every file above; written last
+    rng/rank_N.pt   every RNG stream of rank N, as tensors (read with weights_only)
+    manifest.json   size and sha256 of every file above; written last (manifest.py)
 
-A checkpoint is built in a `.partial-*` directory and renamed into place only after
-every rank has finished and the manifest is written, so a crash mid-save leaves
-no directory that looks complete. Loading verifies the manifest and falls back to
-the previous checkpoint, with a warning, when one is truncated or corrupt.
+A checkpoint is built in a `.partial-*` directory, flushed to disk, and renamed into
+place only after every rank has finished and the manifest is written, so a crash
+mid-save leaves no directory that looks complete (and the next save removes it).
+Loading takes the newest valid checkpoint, and says so in events.jsonl when it
+passes over one; pruning keeps the newest `keep` valid ones, never by name alone.
 
 Exercised by: pytest tests/test_checkpoint.py
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,13 +30,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from orchestrator.run.files import RunFiles, atomic_write_text
+from orchestrator.run.files import RunFiles
+from orchestrator.run.records import EventLog
+from orchestrator.training import manifest
 from orchestrator.training.collectives import barrier
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 PREFIX = "step_"
+PARTIAL = ".partial-"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
 @dataclass
@@ -56,18 +60,21 @@ class CheckpointManager:
     `load_latest` on every rank; rank 0 does the file bookkeeping."""
 
     def __init__(self, run_dir: Path, keep: int, rank: int, world_size: int) -> None:
+        self.run_dir = Path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
         self.rank = rank
         self.world_size = world_size
         self.root.mkdir(parents=True, exist_ok=True)
+        self._verdicts: dict[tuple[str, int], str | None] = {}  # (path, manifest mtime) -> problem
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> Path:
         final = self.root / f"{PREFIX}{state.step:08d}"
-        partial = self.root / f".partial-{PREFIX}{state.step:08d}"
+        partial = self.root / f"{PARTIAL}{PREFIX}{state.step:08d}"
         if self.rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
+            for stale in self.root.glob(f"{PARTIAL}*"):  # a save that crashed, this one's included
+                shutil.rmtree(stale, ignore_errors=True)
             (partial / "rng").mkdir(parents=True)
         barrier()
         save_strategy(partial / "state")
@@ -75,42 +82,79 @@ class CheckpointManager:
         barrier()
         if self.rank == 0:
             (partial / "trainer.json").write_text(state.to_json())
-            _write_manifest(partial)
+            manifest.write_manifest(partial)  # fsyncs every file and folder first
             shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
             os.replace(partial, final)
-            _fsync_dir(self.root)
-            self._prune()
+            manifest.fsync_path(self.root)
+            self._verdicts[self._key(final)] = None  # written and flushed just now
+            self._prune(keep_also=final)
         barrier()
         return final
 
-    def _prune(self) -> None:
-        for old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _prune(self, keep_also: Path) -> None:
+        """Keep the newest `keep` valid checkpoints (the one just written among them);
+        remove older valid ones and every invalid one, which no resume can use."""
+        kept = 0
+        for candidate in reversed(self.checkpoints()):
+            valid = self.problem(candidate) is None
+            if valid and (kept < self.keep or candidate == keep_also):
+                kept += 1
+                continue
+            reason = "beyond checkpoint.keep" if valid else self.problem(candidate)
+            log.info("removing checkpoint %s: %s", candidate.name, reason)
+            shutil.rmtree(candidate, ignore_errors=True)
 
     # ---- loading ------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         """Committed checkpoint directories, oldest first."""
-        return self.list_checkpoints(self.root.parent)
+        return self.list_checkpoints(self.run_dir)
 
     @staticmethod
     def list_checkpoints(run_dir: Path) -> list[Path]:
+        """Checkpoint directories in step order (as numbers: step_100000000 after
+        step_99999999), oldest first."""
         root = RunFiles(run_dir).checkpoints
-        return sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())
+        found = [(int(m.group(1)), p) for p in root.glob(f"{PREFIX}*")
+                 if (m := _NAME.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(found)]
+
+    def problem(self, directory: Path) -> str | None:
+        """What is wrong with a checkpoint (None: valid), checked once per version of it."""
+        key = self._key(directory)
+        if key not in self._verdicts:
+            self._verdicts[key] = manifest.check(directory)
+        return self._verdicts[key]
+
+    @staticmethod
+    def _key(directory: Path) -> tuple[str, int]:
+        try:
+            return str(directory), (directory / manifest.MANIFEST).stat().st_mtime_ns
+        except OSError:
+            return str(directory), -1
 
     def latest_valid(self) -> Path | None:
-        """The newest checkpoint whose files match its manifest (checked on rank 0,
-        the answer shared with every rank)."""
+        """The newest valid checkpoint (checked on rank 0, the answer shared with every
+        rank). Each one passed over is an event (`checkpoint_skipped`), and so is
+        finding none while some exist: a fallback is never silent."""
         choice: list[str | None] = [None]
         if self.rank == 0:
-            for candidate in reversed(self.checkpoints()):
-                problem = verify(candidate)
-                if problem is None:
-                    choice[0] = str(candidate)
-                    break
-                log.warning("skipping checkpoint %s: %s", candidate.name, problem)
+            choice[0] = self._newest_valid()
         if dist.is_initialized() and self.world_size > 1:
             dist.broadcast_object_list(choice, src=0)
         return Path(choice[0]) if choice[0] else None
+
+    def _newest_valid(self) -> str | None:
+        events = EventLog(self.run_dir)
+        candidates = list(reversed(self.checkpoints()))
+        for candidate in candidates:
+            problem = self.problem(candidate)
+            if problem is None:
+                return str(candidate)
+            log.warning("skipping checkpoint %s: %s", candidate.name, problem)
+            events.write("checkpoint_skipped", checkpoint=candidate.name, reason=problem)
+        if candidates:
+            events.write("checkpoint_none_valid", checked=len(candidates))
+        return None
 
     def load(
         self, directory: Path, load_strategy: Callable[[Path], None]
@@ -121,59 +165,24 @@ class CheckpointManager:
         # RNG streams belong to ranks; after a resize the ranks are new, so the
         # streams restart from the seed instead (the data order does not use them).
         if state.world_size == self.world_size and rng_file.is_file():
-            restore_rng(torch.load(rng_file, weights_only=False))
+            restore_rng(torch.load(rng_file, weights_only=True))
         return state
 
 
 def verify(directory: Path) -> str | None:
-    """None when every file listed in the manifest is present, whole and unchanged."""
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        return "no manifest (incomplete save)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return "manifest is not valid JSON"
-    for name, expected in manifest["files"].items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} is truncated ({path.stat().st_size} of {expected['size']} bytes)"
-        if _sha256(path) != expected["sha256"]:
-            return f"{name} does not match its checksum"
-    return None
-
-
-def _write_manifest(directory: Path) -> None:
-    files = {
-        str(path.relative_to(directory)): {"size": path.stat().st_size, "sha256": _sha256(path)}
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
-    atomic_write_text(directory / MANIFEST, json.dumps({"files": files}, indent=1), durable=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """None when the checkpoint in `directory` is valid, else what is wrong with it."""
+    return manifest.check(directory)
 
 
 def capture_rng() -> dict:
+    """Every RNG stream of this process as tensors and numbers: a file that
+    `torch.load(weights_only=True)` reads back, with nothing to unpickle."""
+    version, words, gauss = random.getstate()
+    _, keys, position, has_gauss, cached_gauss = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -182,8 +191,10 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -44,12 +44,15 @@ class Steering:
         self._maybe_grow(world_size)
 
     def _handle_requests(self, world_size: int) -> None:
-        for request in self.requests.poll():
+        requests, rejected = self.requests.poll()
+        for line, reason in rejected:
+            self.record("request_rejected", line=line, reason=reason)
+        for request in requests:
             if request.get("stop"):
                 self.record("stop_requested")
                 self._direct(Directive.STOP)
-            elif "workers" in request:
-                workers = int(request["workers"])
+            else:
+                workers = request["workers"]
                 if self.scaling.best(workers, workers) != workers:
                     self.record("scale_refused", workers=workers,
                                 reason="outside scaling.workers or the batch does not divide")

@@ -1,0 +1,106 @@
+"""Pickles in a checkpoint are read without running them before anything loads them.
+
+Torch's distributed checkpoint (`state/.metadata`, and the non-tensor items inside
+`*.distcp`) and DeepSpeed (`*.pt`) load their files with `pickle`, which runs
+whatever a file names. A run directory is data, not code: `find_unsafe` reads every
+pickle of a checkpoint with an unpickler that resolves only the classes those
+formats use (plain data holders, tensors, dtypes), so a file that names anything
+else is reported, and never loaded, instead of run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import io
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Classes DeepSpeed pickles into its checkpoint files: plain data holders.
+DEEPSPEED_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+# Beyond the dataclasses and enums of torch.distributed.checkpoint, what its metadata names.
+METADATA_GLOBALS = {
+    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),
+}
+
+
+class UnsafePickle(Exception):
+    """A pickle names something other than the data classes its format uses."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith("torch.distributed.checkpoint."):
+            found = getattr(importlib.import_module(module), name, None)
+            if isinstance(found, type) and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)):
+                return found
+        raise UnsafePickle(f"names {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickle("holds a persistent reference, which checkpoint metadata never does")
+
+
+def find_unsafe(directory: Path) -> str | None:
+    """The first file under `directory` whose pickle names anything but plain data,
+    with what it names; None when every pickle is plain data. Nothing is run."""
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.name == ".metadata":
+                _check_metadata(path)
+            elif path.suffix == ".pt":
+                _check_torch_file(path.read_bytes())
+        except UnsafePickle as error:
+            return f"{path.relative_to(directory)} {error}"
+        except Exception as error:  # a damaged pickle is as unusable as an unsafe one
+            return f"{path.relative_to(directory)} cannot be read as data ({type(error).__name__}: {error})"
+    return None
+
+
+def _check_metadata(path: Path) -> None:
+    """The metadata of a distributed checkpoint, then the non-tensor items of its shards
+    (`torch.save`d objects that the default planner would load with pickle)."""
+    with open(path, "rb") as handle:
+        metadata = _MetadataUnpickler(handle).load()
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    storage = getattr(metadata, "storage_data", None) or {}
+    for index, info in storage.items():
+        if isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            with open(path.parent / info.relative_path, "rb") as handle:
+                handle.seek(info.offset)
+                _check_torch_file(handle.read(info.length))
+
+
+def _check_torch_file(data: bytes) -> None:
+    """`torch.load` with weights_only: torch's own unpickler that resolves tensors and
+    plain containers only (plus DeepSpeed's data holders), never arbitrary globals."""
+    allowed = [_resolve(name) for name in DEEPSPEED_CLASSES]
+    try:
+        with torch.serialization.safe_globals([cls for cls in allowed if cls is not None]):
+            torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        named = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(error))
+        raise UnsafePickle(f"names {named.group(1)}" if named else str(error).splitlines()[0]) from None
+
+
+def _resolve(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # DeepSpeed is optional
+        return None
