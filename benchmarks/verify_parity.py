@@ -65,8 +65,9 @@ def main() -> None:
         report = verify(spec, list(PRESETS), workers=2, steps=args.steps, rtol=None, address=None, say=print)
         rows.append(f"| {label} | " + " | ".join(cell(c) for c in report.checks) + " |")
         notes += [f"- {label}, {c.layout}: {c.refused}" for c in report.checks if c.refused]
-        notes += [f"- {label}, {c.layout}: differs: {'; '.join(c.comparison.differing)}"
-                  for c in report.checks if c.comparison is not None and not c.passed]
+        notes += [f"- {label}, {c.layout}: differs first in {c.comparison.differing[0]}"
+                  + (f" (and {len(c.comparison.differing) - 1} more)" if len(c.comparison.differing) > 1 else "")
+                  for c in report.checks if c.comparison is not None and c.comparison.differing]
         noisy = sorted({n for c in report.checks if c.comparison for n in c.comparison.noisy})
         if noisy:
             notes.append(f"- {label}: held to their rounding noise (gradient mathematically zero): {', '.join(noisy)}")

@@ -10,6 +10,7 @@ Exercised by ``python -m pytest tests/test_models.py -q``.
 """
 
 import importlib
+import json
 import inspect
 from typing import Any, Callable
 
@@ -67,18 +68,28 @@ def resolve_model_factory(name: str) -> Callable[..., nn.Module]:
             )
         return MODEL_REGISTRY[name]
     module_name, _, attr = name.partition(":")
+    if not module_name or not attr.isidentifier():
+        raise ModelConfigError("model.name", f"{name!r}: write a factory as 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except Exception as e:  # ImportError, or the module's own code failing on import
         raise ModelConfigError(
-            "model.name", f"cannot import {module_name!r}: {e}; check the module path"
-        ) from e
+            "model.name", f"cannot import {module_name!r}: {type(e).__name__}: {e}; check the module path"
+        ) from None
     if not hasattr(module, attr):
         raise ModelConfigError(
             "model.name",
             f"module {module_name!r} has no attribute {attr!r}; check the function name",
         )
-    return getattr(module, attr)
+    factory = getattr(module, attr)
+    # Only code written to build a model is called: a Python function or a module class,
+    # never a builtin (os:system) or some other object of the module.
+    if not (inspect.isfunction(factory) or (inspect.isclass(factory) and issubclass(factory, nn.Module))):
+        raise ModelConfigError(
+            "model.name", f"{name!r} is a {type(factory).__name__}, not a Python function or an "
+            "nn.Module class that builds a model",
+        )
+    return factory
 
 
 def _check_options(
@@ -97,7 +108,31 @@ def _check_options(
                 f"model.options.{key}",
                 f"model {name!r} has no option {key!r}; its options are {accepted}",
             )
+        if key in params:
+            _check_type(factory, key, params[key], options[key])
     return params
+
+
+def _check_type(factory: Callable[..., nn.Module], key: str, param: inspect.Parameter, value: Any) -> None:
+    """Refuse an option whose value does not fit the factory's annotation of it (an
+    annotation that cannot be read, or none, accepts anything)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        annotation = inspect.signature(factory, eval_str=True).parameters[key].annotation
+        adapter = TypeAdapter(annotation) if annotation is not param.empty else None
+    except Exception:  # an annotation pydantic cannot read, or names missing at run time
+        return
+    if adapter is None:
+        return
+    try:
+        # As JSON, strictly: a YAML list may fill a tuple and an int a float, but "32" is no int.
+        adapter.validate_json(json.dumps(value), strict=True)
+    except (TypeError, ValueError) as error:
+        if not isinstance(error, ValidationError):
+            return  # not a JSON value (a YAML date): nothing to say about it
+        shown = str(annotation) if getattr(annotation, "__args__", None) else getattr(annotation, "__name__", str(annotation))
+        raise ModelConfigError(f"model.options.{key}", f"expects {shown}, got {value!r}") from None
 
 
 def check_model_options(name: str, options: dict[str, Any]) -> None:

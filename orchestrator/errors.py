@@ -28,6 +28,11 @@ class ResourceError(OrchestratorError):
     """The cluster cannot host the job as sized."""
 
 
+class RunDirError(OrchestratorError):
+    """The run directory cannot be used as asked (it is a file, unwritable, holds
+    another run, or another driver holds it)."""
+
+
 class ControlError(OrchestratorError):
     """A request to a running job (scale, stop) that cannot be carried out."""
 

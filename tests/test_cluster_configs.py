@@ -7,6 +7,7 @@ Offline and fast: nothing is launched, no cloud API is called.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 VM_CONFIGS = ["aws.yaml", "gcp.yaml"]
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
 def _project_pin(name: str) -> str:
@@ -97,6 +99,32 @@ def vm_config_problems(config: dict) -> list[str]:
     mounts = config.get("file_mounts") or {}
     if not any(remote.endswith(".ray/auth_token") for remote in mounts):
         problems.append("file_mounts do not copy the auth token to the nodes")
+    return problems + exposure_problems(config)
+
+
+def exposure_problems(config: dict) -> list[str]:
+    """The dashboard on loopback only, nodes in a network the project's script makes (not
+    Ray's default one, whose SSH rule is open to all), every install and image pinned."""
+    problems = []
+    starts = [c for c in config.get("head_start_ray_commands", []) if "ray start" in c]
+    if not all("--dashboard-host=127.0.0.1" in c for c in starts):
+        problems.append("head_start_ray_commands: the dashboard is not bound to 127.0.0.1")
+    network_key = {"aws": "SecurityGroupIds", "gcp": "networkInterfaces"}[config["provider"]["type"]]
+    for name, node_type in config.get("available_node_types", {}).items():
+        if network_key not in node_type.get("node_config", {}):
+            problems.append(f"{name}: no {network_key}: Ray's default opens SSH to 0.0.0.0/0")
+        image = json.dumps(node_type.get("node_config", {}))
+        if "/family/" in image:
+            problems.append(f"{name}: an image family moves; pin one image")
+    commands = [c for key in COMMAND_LISTS for c in config.get(key, [])]
+    for command in commands:
+        for spec in re.findall(r'pip install ([^;]+)', command):
+            for requirement in re.findall(r'"[^"]+"|\S+', spec):
+                requirement = requirement.strip('"')
+                if requirement.startswith("-") or requirement.startswith("http"):
+                    continue
+                if "==" not in requirement and not re.search(r"@v?\d", requirement) and "-e" not in spec:
+                    problems.append(f"unpinned install: {requirement!r}")
     return problems
 
 
@@ -171,6 +199,51 @@ COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_comman
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def _dashboard_on_all_interfaces(config):
+    config["head_start_ray_commands"] = [c.replace("127.0.0.1", "0.0.0.0") for c in config["head_start_ray_commands"]]
+
+
+def _default_network(config):
+    for node_type in config["available_node_types"].values():
+        node_type["node_config"].pop("SecurityGroupIds", None)
+        node_type["node_config"].pop("networkInterfaces", None)
+
+
+def _unpinned_install(config):
+    config["setup_commands"].append("~/venv/bin/pip install boto3")
+
+
+@pytest.mark.parametrize("name", VM_CONFIGS)
+@pytest.mark.parametrize("breakage", [_dashboard_on_all_interfaces, _default_network, _unpinned_install])
+def test_exposure_check_rejects_an_open_config(name, breakage):
+    config = _load(name)
+    assert exposure_problems(config) == []
+    breakage(config)
+    assert exposure_problems(config)
+
+
+@needs_bash
+@pytest.mark.parametrize("script,tool", [("aws-security-group.sh", "aws"), ("gcp-firewall.sh", "gcloud")])
+def test_firewall_scripts_open_ssh_to_the_given_range_only(script, tool, tmp_path):
+    """Run with the cloud CLI replaced by a recorder (no cloud here): an open range is
+    refused before any call; otherwise the only range outside the cluster is SSH_CIDR."""
+    recorder = tmp_path / tool
+    recorder.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\necho sg-0123\n')
+    recorder.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "VPC_ID": "vpc-1"}
+
+    def run(cidr):
+        return subprocess.run(["bash", str(CLUSTER / script)], env={**env, "SSH_CIDR": cidr},
+                              capture_output=True, text=True, timeout=30)
+
+    assert run("0.0.0.0/0").returncode == 2 and not (tmp_path / "calls").exists()
+    assert run("203.0.113.7/32").returncode == 0
+    calls = (tmp_path / "calls").read_text()
+    ranges = set(re.findall(r"(?:--cidr|--source-ranges=)\s*(\S+)", calls))
+    assert "203.0.113.7/32" in ranges and "0.0.0.0/0" not in calls
+    assert ranges - {"203.0.113.7/32"} <= {"10.128.0.0/20"}  # the cluster's own subnet (gcp)
+
+
 @pytest.mark.parametrize("name", VM_CONFIGS)
 def test_vm_config_commands_are_valid_shell(name, tmp_path):
     config = _load(name)
@@ -301,7 +374,6 @@ def test_raycluster_check_rejects_a_broken_manifest(breakage):
 
 # ---- SLURM ---------------------------------------------------------------------------------
 
-needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
 def _bash_syntax_error(path: Path) -> str:

@@ -18,6 +18,7 @@ from orchestrator.errors import (
     JobSpecError,
     OrchestratorError,
     ResourceError,
+    RunDirError,
     VerificationError,
 )
 
@@ -37,11 +38,11 @@ def _fail(message: str, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _load(job: Path, overrides: Optional[List[str]]):
+def _load(job: Path, overrides: Optional[List[str]], build: bool = True):
     from orchestrator.config.loading import load_spec
 
     try:
-        return load_spec(job, overrides)
+        return load_spec(job, overrides, build=build)
     except JobSpecError as error:
         raise _fail(f"{job} is not a valid job:\n  " + "\n  ".join(error.problems), 2) from None
 
@@ -71,7 +72,7 @@ def resume(
     """Continue a run from its newest valid checkpoint (after a crash, a stop, or to train longer)."""
     from orchestrator.execution.launcher import Launcher
 
-    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address))
+    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address, resume=True))
 
 
 def _run(launcher) -> None:
@@ -79,7 +80,7 @@ def _run(launcher) -> None:
         launcher.run()
         if launcher.signal is not None:  # stopped by SIGTERM/SIGINT: 143/130, as the shell counts
             raise typer.Exit(128 + launcher.signal)
-    except (DataError, ResourceError) as error:
+    except (DataError, ResourceError, RunDirError) as error:
         raise _fail(str(error), 2) from None
     except VerificationError as error:  # the layout is wrong for this model: change the job
         raise _fail(str(error).replace("\n", "\n  "), 2) from None
@@ -94,8 +95,9 @@ def validate(
     job: Path = typer.Argument(..., help="Path to job.yaml."),
     set_: Optional[List[str]] = SetOption,
 ) -> None:
-    """Check job.yaml without starting anything; exit 2 with every problem listed."""
-    spec = _load(job, set_)
+    """Check job.yaml without starting anything; exit 2 with every problem listed.
+    model.name is resolved, never called: checks that need the model built are plan's."""
+    spec = _load(job, set_, build=False)
     typer.echo(f"{job}: valid ({spec.model.name} on {spec.data.source}, strategy {spec.strategy.name}, "
                f"workers {spec.scaling.workers})")
 
@@ -103,17 +105,22 @@ def validate(
 @app.command()
 def plan(
     job: Path = typer.Argument(..., help="Path to job.yaml."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Plan for this many workers (default: max)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, max=4096, help="Plan for this many workers (default: max)."
+    ),
     set_: Optional[List[str]] = SetOption,
 ) -> None:
-    """Show the mesh, batch arithmetic and per-worker memory, without starting Ray."""
+    """Show the mesh, batch arithmetic and per-worker memory, without starting Ray.
+    It builds the model (on the meta device), so it runs model.name's code."""
     from orchestrator.planning.report import render_plan
 
     spec = _load(job, set_)
     try:
         typer.echo(render_plan(spec, workers or spec.scaling.max_workers))
-    except ValueError as error:
+    except (ValueError, OrchestratorError) as error:
         raise _fail(str(error), 2) from None
+    except Exception as error:  # the user's model code: its error, not ours
+        raise _fail(f"building {spec.model.name!r} failed: {type(error).__name__}: {error}", 2) from None
 
 
 @app.command()
@@ -191,6 +198,8 @@ def _job_of(run_dir: Path) -> Path:
     """The resolved job.yaml of a run directory."""
     from orchestrator.run.files import RunFiles
 
+    if not run_dir.is_dir():
+        raise _fail(f"{run_dir} is not a directory; give a run directory written by `orchestrator launch`", 2)
     job = RunFiles(run_dir).job
     if not job.is_file():
         raise _fail(f"{run_dir} has no job.yaml; is it a run directory?", 2)
@@ -205,8 +214,9 @@ def logs(
     """Print a run's per-step metrics (or its events) as JSON lines."""
     from orchestrator.run.files import RunFiles
 
+    _job_of(run_dir)
     path = RunFiles(run_dir).events if events else RunFiles(run_dir).metrics
     if not path.is_file():
         raise _fail(f"{path} does not exist", 2)
-    sys.stdout.write(path.read_text())
+    sys.stdout.write(path.read_bytes().decode("utf-8", "replace"))
 

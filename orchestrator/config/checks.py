@@ -18,10 +18,11 @@ from orchestrator.planning.layout import batch_fits, batch_layout, layout_for
 from orchestrator.training.model import build_job_model
 
 
-def job_problems(spec: JobSpec) -> list[str]:
-    """Every problem of a validated spec's batch arithmetic and layout, each naming its key."""
+def job_problems(spec: JobSpec, build: bool = True) -> list[str]:
+    """Every problem of a validated spec's batch arithmetic and layout, each naming its key;
+    with `build`, also those that need the model built (on the meta device)."""
     problems = batch_problems(spec)
-    return problems or model_layout_problems(spec)
+    return problems or (model_layout_problems(spec) if build else [])
 
 
 def batch_problems(spec: JobSpec) -> list[str]:
@@ -65,12 +66,18 @@ def model_layout_problems(spec: JobSpec) -> list[str]:
             model = build_job_model(spec, model_arguments(spec))
     except models.ModelConfigError as error:
         return [str(error)]
+    except Exception as error:  # the user's factory: whatever it raises is their problem to see
+        return [f"model.name: building {spec.model.name!r} failed: {type(error).__name__}: {error}"]
     problems: list[str] = []
+    layouts = set()
     for workers in range(spec.scaling.min_workers, spec.scaling.max_workers + 1):
         try:
             dims = layout_for(spec, workers)
         except strategies.LayoutError:
             continue  # reported with the batch arithmetic
+        if dims in layouts:
+            continue
+        layouts.add(dims)
         found = check(spec.strategy, model, dims, spec.train.micro_batch_size)
         problems += [p for p in found if p not in problems]
     return problems

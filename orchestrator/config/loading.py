@@ -16,36 +16,43 @@ from pydantic import ValidationError
 import strategies
 from orchestrator.config.checks import job_problems
 from orchestrator.config.spec import JobSpec
+from orchestrator.config.yaml_input import YamlInputError, parse_yaml
 from orchestrator.errors import JobSpecError
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read job.yaml, apply `a.b=c` overrides, validate everything once.
+def load_spec(path: str | Path, overrides: list[str] | None = None, build: bool = True) -> JobSpec:
+    """Read job.yaml, apply `a.b=c` overrides, validate everything once. A job file
+    names code (model.name); `build=False` only resolves it, never calls it.
 
     Raises:
         JobSpecError: listing every problem, each naming its key path.
     """
     path = Path(path)
-    if not path.is_file():
-        raise JobSpecError([f"job file {str(path)!r} does not exist"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise JobSpecError([f"{path}: not valid YAML: {error}"]) from None
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise JobSpecError([f"job file {str(path)!r} is a directory"]) from None
+    except OSError as error:
+        raise JobSpecError([f"job file {str(path)!r} cannot be read: {error.strerror or error}"]) from None
+    try:
+        raw = parse_yaml(data, str(path)) or {}
+    except YamlInputError as error:
+        raise JobSpecError([str(error)]) from None
     if not isinstance(raw, dict):
         raise JobSpecError([f"{path}: the top level must be a mapping of sections"])
     for override in overrides or []:
         apply_override(raw, override)
-    return spec_from_dict(raw, base_dir=path.parent)
+    return spec_from_dict(raw, base_dir=path.parent, build=build)
 
 
-def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path(".")) -> JobSpec:
-    """Validate a job given as a mapping; relative data paths resolve against `base_dir`."""
+def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), build: bool = True) -> JobSpec:
+    """Validate a job given as a mapping; relative data paths resolve against `base_dir`.
+    `build=False` leaves out the checks that build the model (they call model.name)."""
     try:
         spec = JobSpec.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as error:
         raise JobSpecError(_describe(error)) from None
-    problems = job_problems(spec)
+    problems = job_problems(spec, build=build)
     if problems:
         raise JobSpecError(problems)
     return spec
@@ -54,15 +61,19 @@ def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path(".")) -> JobSpec:
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in the raw mapping; the value is parsed as YAML (so 2, [1, 4], true)."""
     key, sep, text = override.partition("=")
-    if not sep or not key:
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
         raise JobSpecError([f"--set {override!r}: write it as section.key=value"])
-    *parents, leaf = key.strip().split(".")
+    *parents, leaf = parts
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise JobSpecError([f"--set {override!r}: {part!r} is not a section"])
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = parse_yaml(text, f"--set {key.strip()}")
+    except YamlInputError as error:
+        raise JobSpecError([str(error)]) from None
 
 
 def _describe(error: ValidationError) -> list[str]:

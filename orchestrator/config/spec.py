@@ -140,6 +140,10 @@ class TrainSection(Section):
     )
 
 
+# Bounds what a job file can ask the planner to consider (every count of a range is checked).
+MAX_WORKERS = 4096
+
+
 class ScalingSection(Section):
     """How many workers and what each holds."""
 
@@ -155,7 +159,7 @@ class ScalingSection(Section):
         "node label {trainer: 1} to keep workers on certain nodes."
     )
     spares: int = Field(
-        1, ge=0, description="Warm standby workers (elastic backend): a failed worker is "
+        1, ge=0, le=MAX_WORKERS, description="Warm standby workers (elastic backend): a failed worker is "
         "replaced by one at once instead of waiting for a new process."
     )
     backend: Literal["elastic", "ray_train"] = Field(
@@ -171,6 +175,8 @@ class ScalingSection(Section):
             raise ValueError(f"worker counts must be at least 1, got {value}")
         if low > high:
             raise ValueError(f"min workers {low} is above max workers {high}; write [min, max]")
+        if high > MAX_WORKERS:
+            raise ValueError(f"at most {MAX_WORKERS} workers, got {high}")
         return value
 
     @property
@@ -240,7 +246,10 @@ def _strategy_union() -> Any:
 class JobSpec(Section):
     """A whole training job."""
 
-    name: str = Field("job", description="Run name, used for the default run directory.")
+    name: str = Field(
+        "job", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Run name, used for the default run directory: letters, digits, '.', '_', '-'.",
+    )
     model: ModelSection
     data: DataSection
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
@@ -264,7 +273,7 @@ class JobSpec(Section):
         # Checked before the union so the error lists the registered names.
         strategy = raw.get("strategy") if isinstance(raw, dict) else None
         name = strategy.get("name") if isinstance(strategy, dict) else None
-        if name is not None and name not in strategies.STRATEGY_REGISTRY:
+        if name is not None and (not isinstance(name, str) or name not in strategies.STRATEGY_REGISTRY):
             valid = ", ".join(sorted(strategies.STRATEGY_REGISTRY))
             raise ValueError(f"strategy.name: unknown strategy {name!r}; registered strategies: {valid}")
         return raw

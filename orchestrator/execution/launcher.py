@@ -17,12 +17,12 @@ from pathlib import Path
 
 from orchestrator.config.loading import dump_spec
 from orchestrator.config.spec import JobSpec
-from orchestrator.errors import TrainingError, VerificationError
+from orchestrator.errors import RunDirError, TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
 from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
 from orchestrator.execution.resources import WorkerResources, size_workers
-from orchestrator.run.control import claim_driver, request
+from orchestrator.run.control import DriverLock, request
 from orchestrator.run.files import RunFiles, atomic_write_text, read_json
 from orchestrator.run.summary import write_summary
 from orchestrator.verify.preflight import launch_check
@@ -35,9 +35,11 @@ def default_run_dir(spec: JobSpec) -> Path:
 class Launcher:
     """Runs one job to the end (or to a failure it cannot recover from)."""
 
-    def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None) -> None:
+    def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None, resume: bool = False) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir).resolve()
+        self.resume = resume  # continue the run in run_dir; else run_dir must hold no run yet
+        self.lock = DriverLock(self.run_dir)
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.backend = backend_for(spec.scaling.backend)
         self.signal: signal.Signals | None = None  # SIGTERM or SIGINT received: stop with a checkpoint
@@ -61,6 +63,7 @@ class Launcher:
                 import ray
 
                 ray.shutdown()
+            self.lock.release()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
         if self.signal is not None:
             _say(f"{self.signal.name}: {summary['status']} at step {summary['steps']}; "
@@ -73,10 +76,23 @@ class Launcher:
         return summary
 
     def _open_run_dir(self) -> None:
+        """Raises:
+        RunDirError: the directory is a file, cannot be written, holds a run `launch`
+            would overwrite, or another driver holds it.
+        """
         files = RunFiles(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(files.job, dump_spec(self.spec))
-        claim_driver(self.run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"run directory {self.run_dir} is a file; choose another --run-dir")
+        if not self.resume and files.job.exists():
+            raise RunDirError(f"{self.run_dir} holds a run already: `orchestrator resume {self.run_dir}` "
+                              "continues it; choose another --run-dir for a new one")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+            atomic_write_text(files.job, dump_spec(self.spec))
+        except OSError as error:
+            self.lock.release()
+            raise RunDirError(f"cannot write run directory {self.run_dir}: {error.strerror or error}") from None
         files.summary.unlink(missing_ok=True)  # a resumed run is running again
         _log_to_file(files.controller_log)
 

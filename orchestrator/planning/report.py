@@ -18,8 +18,8 @@ def render_plan(spec: JobSpec, workers: int) -> str:
     layout = batch_layout(spec, workers)
     dims = layout.dims
     arguments = model_arguments(spec)
-    torch.manual_seed(spec.train.seed)
-    model = build_job_model(spec, arguments)
+    with torch.device("meta"):  # shapes only: plan never allocates the model
+        model = build_job_model(spec, arguments)
     memory = estimate_memory(
         model, spec, example_input(spec, arguments, layout.micro_batch), dp=dims.dp
     )

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import RunDirError
 from orchestrator.run.files import JsonlFollower, RunFiles, append_jsonl, atomic_write_text, read_json
 
 
@@ -91,15 +92,51 @@ def read_directive(run_dir: Path, owner: str | None, attempt: int) -> Directive:
     return Directive[content["directive"]]
 
 
-def claim_driver(run_dir: Path) -> None:
-    """Record this process as the run's driver."""
-    atomic_write_text(RunFiles(run_dir).driver_pid, str(os.getpid()))
+class DriverLock:
+    """One driver per run directory: an exclusive lock on `driver.lock`, held for the
+    driver's life and released by the system when it dies, however it dies. Its
+    content names the holder (host, pid) for the message a second driver gets."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = RunFiles(run_dir).driver_lock
+        self.handle = None
+
+    def acquire(self) -> None:
+        """Raises:
+        RunDirError: another live driver holds the run (naming it).
+        """
+        import fcntl
+        import socket
+
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirError(f"{self.path.parent} is driven already ({holder}); "
+                              "`orchestrator status` shows it, `orchestrator stop` stops it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        atomic_write_text(RunFiles(self.path.parent).driver_pid, str(os.getpid()))
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing drops the lock
+            self.handle = None
 
 
 def driver_alive(run_dir: Path) -> bool:
     """Whether the `orchestrator launch` process that owns the run is still there."""
-    pid_file = RunFiles(run_dir).driver_pid
-    return pid_file.is_file() and process_alive(int(pid_file.read_text()))
+    try:
+        pid = int(RunFiles(run_dir).driver_pid.read_text().strip())
+    except (OSError, ValueError):  # none, or damaged: no driver to speak of
+        return False
+    return pid > 0 and process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:

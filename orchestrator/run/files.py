@@ -3,6 +3,7 @@
     RUN_DIR/
         job.yaml            the resolved job                        (driver)
         driver.pid          pid of the driver that owns the run      (driver)
+        driver.lock         held by the live driver: one per run     (driver)
         controller.log      the driver's decisions, as text          (driver)
         controller.json     the controller's state, for `status`     (driver)
         requests.jsonl      `scale` / `stop` requests                 (CLI -> driver)
@@ -46,6 +47,10 @@ class RunFiles:
     @property
     def driver_pid(self) -> Path:
         return self.root / "driver.pid"
+
+    @property
+    def driver_lock(self) -> Path:
+        return self.root / "driver.lock"
 
     @property
     def controller_log(self) -> Path:

@@ -44,8 +44,9 @@ class RunRecords:
         self.files = RunFiles(run_dir)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Every step record as written, redone steps included."""
-        return list(read_jsonl(self.files.metrics))
+        """Every step record as written, redone steps included (a damaged line, or one
+        without a whole-number step, is left out)."""
+        return [r for r in read_jsonl(self.files.metrics) if _whole(r.get("step"))]
 
     def steps(self) -> list[dict[str, Any]]:
         """One record per step, the last written: steps redone after a restart replace
@@ -53,7 +54,7 @@ class RunRecords:
         return latest_per_step(self.metrics())
 
     def events(self) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.files.events))
+        return [r for r in read_jsonl(self.files.events) if isinstance(r.get("event"), str)]
 
     def last_step(self) -> int:
         return max((r["step"] for r in self.metrics() if "step" in r), default=0)
@@ -66,6 +67,10 @@ class RunRecords:
 
     def summary(self) -> dict[str, Any] | None:
         return read_json(self.files.summary)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def count_restarts(events: list[dict[str, Any]]) -> int:

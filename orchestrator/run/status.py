@@ -18,7 +18,9 @@ def read_status(run_dir: Path) -> dict:
     controller = records.controller_state()
     checkpoints = [p for p in CheckpointManager.list_checkpoints(run_dir) if verify(p) is None]
     last = metrics[-1] if metrics else {}
-    if summary is not None and summary.get("time", 0) >= controller.get("time", 0):
+    summary = summary if summary is not None and isinstance(summary.get("status"), str) else None
+    controller = controller if isinstance(controller.get("state"), str) else {}
+    if summary is not None and _time(summary) >= _time(controller):
         state = summary["status"]
     elif controller:
         state = controller["state"]
@@ -38,6 +40,11 @@ def read_status(run_dir: Path) -> dict:
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
     }
+
+
+def _time(record: dict) -> float:
+    value = record.get("time", 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def render_status(state: dict) -> str:

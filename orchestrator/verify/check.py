@@ -151,7 +151,11 @@ class Reference:
             except PlanError:
                 plan = {}
         buffers = {n for n, _ in self.meta_model.named_buffers()}
-        return ModelFacts(shared_parameters(self.meta_model), buffers, plan)
+        batch_norm = {f"{module_name}.{buffer}" if module_name else buffer
+                      for module_name, module in self.meta_model.named_modules()
+                      if isinstance(module, torch.nn.modules.batchnorm._NormBase)
+                      for buffer, _ in module.named_buffers(recurse=False)}
+        return ModelFacts(shared_parameters(self.meta_model), buffers, plan, batch_norm)
 
     def _reordered_spec(self) -> JobSpec | None:
         """The reference with half (else twice) the micro-batch, where the batch allows."""

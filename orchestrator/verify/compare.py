@@ -28,13 +28,18 @@ class ModelFacts:
     shared: dict[str, list[str]] = field(default_factory=dict)  # name -> other names of it
     buffers: set[str] = field(default_factory=set)
     plan: dict[str, str] = field(default_factory=dict)  # tensor plan: module -> style
+    batch_norm: set[str] = field(default_factory=set)  # buffers of batch-norm layers
 
     def explain(self, name: str) -> str:
         notes = []
         partners = self.shared.get(name) or [n for n, others in self.shared.items() if name in others]
         if partners:
             notes.append(f"shared with {', '.join(partners)}")
-        if name in self.buffers:
+        if name in self.batch_norm:
+            notes.append("a batch-norm running statistic: each data-parallel rank updates it from its "
+                         "own micro-batches and rank 0's is kept; nn.SyncBatchNorm computes it over the "
+                         "whole batch, strategy.verify: false accepts the difference")
+        elif name in self.buffers:
             notes.append("a buffer: changed in forward, not kept in step across ranks")
         module = name.rpartition(".")[0]
         if self.plan:
