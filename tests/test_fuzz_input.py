@@ -208,3 +208,8 @@ def test_a_second_driver_is_kept_off_a_run(tmp_path):
     finally:
         first.release()
     DriverLock(tmp_path).acquire()  # free again once the holder lets go
+
+
+def test_a_strategy_key_set_without_a_strategy_section_keeps_the_default_strategy():
+    result = _invoke("validate", str(ROOT / "examples" / "digits_lstm.yaml"), "--set", "strategy.verify=true")
+    assert result.exit_code == 0 and "strategy ddp" in result.output

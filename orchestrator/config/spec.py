@@ -272,6 +272,9 @@ class JobSpec(Section):
     def _known_strategy(cls, raw: Any) -> Any:
         # Checked before the union so the error lists the registered names.
         strategy = raw.get("strategy") if isinstance(raw, dict) else None
+        if isinstance(strategy, dict) and "name" not in strategy:  # only other keys set: the default's
+            raw = {**raw, "strategy": {"name": "ddp", **strategy}}
+            strategy = raw["strategy"]
         name = strategy.get("name") if isinstance(strategy, dict) else None
         if name is not None and (not isinstance(name, str) or name not in strategies.STRATEGY_REGISTRY):
             valid = ", ".join(sorted(strategies.STRATEGY_REGISTRY))

@@ -134,7 +134,8 @@ class LaunchCheck:
     def _record(self, check: LayoutCheck, reference: Reference, seconds: float) -> None:
         fields = check.to_event()
         fields.update(steps=self.steps, reference_seconds=round(reference.report.reference_seconds, 3),
-                      seconds=round(seconds, 3), reason=self.reason)
+                      seconds=round(seconds, 3), workers_ready_seconds=round(self.ready_seconds, 3),
+                      reason=self.reason)
         EventLog(self.run_dir).write("verify", **fields)
         verdict = "pass" if check.passed else "FAIL"
         noise = f"\n  {noise_line(check.comparison.noisy)}" if check.comparison and check.comparison.noisy else ""
