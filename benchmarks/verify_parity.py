@@ -26,13 +26,14 @@ from tests.ecosystem import BERT, GPT2, IMAGE_JOB, LLAMA, LM_JOB, TEXT_JOB, writ
 TORCHVISION_RESNET = {"name": "torchvision.models:resnet18", "options": {}, "input_shape": [3, 8, 8]}
 
 
-def jobs(text_dir: Path) -> dict[str, tuple[dict, Path]]:
+def jobs(text_dir: Path) -> dict[str, tuple[str, dict, Path]]:
+    """id -> (label, job, base directory)."""
     return {
-        "Llama (`transformers:LlamaForCausalLM`, GQA)": ({**LM_JOB, "model": LLAMA}, ROOT),
-        "GPT-2 (`transformers:GPT2LMHeadModel`, tied embeddings)": ({**LM_JOB, "model": GPT2}, ROOT),
-        "BERT (`transformers:BertForSequenceClassification`)": (TEXT_JOB, text_dir),
-        "ResNet (`transformers:ResNetForImageClassification`)": (IMAGE_JOB, ROOT),
-        "ResNet-18 (`torchvision.models:resnet18`)": ({**IMAGE_JOB, "model": TORCHVISION_RESNET}, ROOT),
+        "llama": ("Llama (`transformers:LlamaForCausalLM`, GQA)", {**LM_JOB, "model": LLAMA}, ROOT),
+        "gpt2": ("GPT-2 (`transformers:GPT2LMHeadModel`, tied embeddings)", {**LM_JOB, "model": GPT2}, ROOT),
+        "bert": ("BERT (`transformers:BertForSequenceClassification`)", TEXT_JOB, text_dir),
+        "resnet": ("ResNet (`transformers:ResNetForImageClassification`)", IMAGE_JOB, ROOT),
+        "torchvision": ("ResNet-18 (`torchvision.models:resnet18`)", {**IMAGE_JOB, "model": TORCHVISION_RESNET}, ROOT),
     }
 
 
@@ -51,12 +52,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--models", default="llama,gpt2,bert,resnet,torchvision",
+                        help="which of: llama, gpt2, bert, resnet, torchvision")
     args = parser.parse_args()
     text_dir = Path(tempfile.mkdtemp(prefix="verify-parity-"))
     write_text_classes(text_dir / "texts.jsonl")
     header = "| model | " + " | ".join(PRESETS) + " |"
     rows, notes, started = [header, "| --- " * (len(PRESETS) + 1) + "|"], [], time.time()
-    for label, (job, base_dir) in jobs(text_dir).items():
+    chosen = args.models.split(",")
+    for label, job, base_dir in [found for key, found in jobs(text_dir).items() if key in chosen]:
         try:
             spec = spec_from_dict(job, base_dir=base_dir)
         except JobSpecError as error:
@@ -72,10 +76,11 @@ def main() -> None:
         if noisy:
             notes.append(f"- {label}: held to their rounding noise (gradient mathematically zero): {', '.join(noisy)}")
     minutes = (time.time() - started) / 60
-    args.out.write_text(render(rows, notes, args.steps, minutes))
+    args.out.write_text(render(rows, notes, args.steps, minutes, args.models))
 
 
-def render(rows: list[str], notes: list[str], steps: int, minutes: float) -> str:
+def render(rows: list[str], notes: list[str], steps: int, minutes: float, models: str) -> str:
+    import torch
     return "\n".join([
         "# `orchestrator verify` on models from the ecosystem",
         "",
@@ -85,9 +90,9 @@ def render(rows: list[str], notes: list[str], steps: int, minutes: float) -> str
         "relative deviation over the steps (parameters: after the last step, by name). Tolerance",
         "1e-5 relative for losses and gradient norms, 1e-3 for parameters (fp32).",
         "",
-        f"Command ({minutes:.0f} minutes on 2 shared CPU cores):",
+        f"Command ({minutes:.0f} minutes on 2 shared CPU cores, torch {torch.__version__}):",
         "",
-        "    python benchmarks/verify_parity.py --out docs/verify-parity.md",
+        f"    python benchmarks/verify_parity.py --models {models} --out docs/verify-parity.md",
         "",
         *rows,
         "",

@@ -147,3 +147,38 @@ def test_launch_checks_then_trains_on_the_same_workers(tmp_path):
     assert summary["status"] == "finished" and summary["steps"] == 6
     assert summary["verify"]["passed"] and summary["verify"]["loss_deviation"] < 1e-5
     assert not (run_dir / "verify").exists()  # a passed check leaves nothing behind
+
+
+def test_verify_options_make_the_check_a_smaller_instance_of_the_model(tmp_path):
+    job = {**GPT_JOB, "strategy": {"name": "fsdp", "verify_options": {"depth": 1}}}
+    reference = Reference(make_spec(job), STEPS, tmp_path)
+    assert reference.spec.model.options["depth"] == 1
+    whole = Reference(make_spec({**job, "strategy": {"name": "fsdp"}}), STEPS, tmp_path)
+    assert sum(p.numel() for p in reference.meta_model.parameters()) < \
+        sum(p.numel() for p in whole.meta_model.parameters())
+
+
+class _TinyWorkers:
+    """Workers with too little memory for the whole model: the check must not run."""
+
+    def world_size(self) -> int:
+        return 2
+
+    def memory_bytes(self) -> dict:
+        return {"device": 1024, "host": 2048}
+
+    def run_alone(self, spec, run_dir, on_host=False) -> None:
+        raise AssertionError("the reference must not run")
+
+    run_together = run_alone
+
+
+def test_a_model_too_large_for_one_worker_skips_the_check_loudly(tmp_path):
+    from orchestrator.verify.preflight import LaunchCheck
+
+    spec = make_spec({**GPT_JOB, "strategy": {"name": "fsdp", "verify": True}})
+    said = []
+    LaunchCheck(spec, tmp_path, "strategy.verify: true", said.append)(_TinyWorkers())
+    assert any("SKIPPED" in line and "strategy.verify_options" in line for line in said)
+    [event] = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert event["event"] == "verify" and not event["passed"] and "skipped" in event

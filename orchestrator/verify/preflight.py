@@ -32,8 +32,8 @@ class Workers(Protocol):
     """What the check needs of the started workers (execution/elastic/warm.WarmWorkers)."""
 
     def world_size(self) -> int: ...
-    def memory_bytes(self) -> int: ...
-    def run_alone(self, spec: JobSpec, run_dir: Path) -> None: ...
+    def memory_bytes(self) -> dict[str, int]: ...  # {"device": ..., "host": ...}
+    def run_alone(self, spec: JobSpec, run_dir: Path, on_host: bool = False) -> None: ...
     def run_together(self, spec: JobSpec, run_dir: Path, world_size: int) -> None: ...
 
 
@@ -84,14 +84,15 @@ class LaunchCheck:
         root = RunFiles(self.run_dir).verify
         shutil.rmtree(root, ignore_errors=True)  # an earlier launch's failed check
         reference = Reference(self.spec, self.steps, root)
-        if not self._fits(reference, workers) or not self._deterministic(reference):
+        place = self._place(reference, workers)
+        if place is None or not self._deterministic(reference):
             return
         self.say(f"verify: {self.reason}; checking {self.steps} steps at {size} workers against "
                  "a sequential run (strategy.verify: false skips this)")
         if reference.dropout_off:
             self.say(f"verify: dropout off for the check ({', '.join(reference.dropout_off)} = 0)")
         try:
-            reference.run(workers.run_alone)
+            reference.run(lambda job, run_dir: workers.run_alone(job, run_dir, on_host=place == "host"))
         except Exception as error:
             raise TrainingError(f"the model failed to train in one process (the launch check's "
                                 f"reference):\n{error}") from error
@@ -103,20 +104,26 @@ class LaunchCheck:
             raise VerificationError(self._failure(check, reference))
         shutil.rmtree(root, ignore_errors=True)
 
-    def _fits(self, reference: Reference, workers: Workers) -> bool:
-        """Whether the reference fits one worker; if not, the check is skipped, loudly."""
+    def _place(self, reference: Reference, workers: Workers) -> str | None:
+        """Where the reference runs: on a worker's device ("device"), in its host memory
+        when only that holds the whole model ("host"), or nowhere (None: the check is
+        skipped, loudly). plan's memory estimate decides."""
         if self.spec.strategy.verify_options:
             self.say(f"verify: on a smaller instance, model.options overridden by {self.spec.strategy.verify_options}")
-            return True
         job = reference.spec
         micro_batch = batch_layout(job, 1).micro_batch
         needed = estimate_memory(reference.meta_model, job, example_input(job, model_arguments(job), micro_batch)).total
-        available = workers.memory_bytes()
-        if needed <= available:
-            return True
-        self._skip(f"the whole model needs about {human_bytes(needed)} in one process, a worker has "
-                   f"{human_bytes(available)}: set strategy.verify_options to check a smaller instance")
-        return False
+        memory = workers.memory_bytes()
+        if needed <= memory["device"]:
+            return "device"
+        if needed <= memory["host"]:
+            self.say(f"verify: the model needs about {human_bytes(needed)} in one process, more than a worker's "
+                     f"device has ({human_bytes(memory['device'])}); the reference runs in host memory")
+            return "host"
+        self._skip(f"the model needs about {human_bytes(needed)} in one process, a worker has "
+                   f"{human_bytes(memory['device'])} (host {human_bytes(memory['host'])}): set "
+                   "strategy.verify_options to check a smaller instance")
+        return None
 
     def _deterministic(self, reference: Reference) -> bool:
         """Whether the forward pass draws no random numbers; if it does, the check is

@@ -47,17 +47,19 @@ class WarmWorkers:
             raise ResourceError(f"only {self.group.ready_count()} workers could be started for the launch check")
         return size
 
-    def memory_bytes(self) -> int:
-        """Memory the first ready worker could give a job run on it alone."""
+    def memory_bytes(self) -> dict[str, int]:
+        """Memory the first ready worker could give a job run on it alone: on its device
+        and in host memory (TrainWorker.memory_bytes)."""
         import ray
 
         return ray.get(self.group.members[0].actor.memory_bytes.remote())
 
-    def run_alone(self, spec: JobSpec, run_dir: Path) -> None:
-        """Train `spec` on the first ready worker, with no process group."""
+    def run_alone(self, spec: JobSpec, run_dir: Path, on_host: bool = False) -> None:
+        """Train `spec` on the first ready worker, with no process group (in host memory
+        rather than on its GPU, `on_host`)."""
         import ray
 
-        ray.get(self.group.members[0].actor.run_alone.remote(spec, str(run_dir)))
+        ray.get(self.group.members[0].actor.run_alone.remote(spec, str(run_dir), on_host))
 
     def run_together(self, spec: JobSpec, run_dir: Path, world_size: int) -> None:
         """Train `spec` on `world_size` workers as one attempt; the workers are ready for

@@ -42,13 +42,14 @@ class TrainWorker:
     def ready(self) -> dict[str, Any]:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def memory_bytes(self) -> int:
-        """Memory a job alone on this worker could use: the GPU's, else the host's free memory."""
+    def memory_bytes(self) -> dict[str, int]:
+        """Memory a job alone on this worker could use: its device's (the GPU's, or the
+        host's free memory on a CPU worker) and the host's free memory."""
         import torch
 
-        if self.use_gpu:
-            return torch.cuda.get_device_properties(self.device).total_memory
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        device = torch.cuda.get_device_properties(self.device).total_memory if self.use_gpu else host
+        return {"device": device, "host": host}
 
     def rendezvous_address(self) -> tuple[str, int]:
         """An address on this node for rank 0 to host the process group's store."""
@@ -99,12 +100,15 @@ class TrainWorker:
         except Exception as error:
             raise AttemptFailed(report_exception(error, rank, context.step)) from error
 
-    def run_alone(self, spec, run_dir: str) -> None:
+    def run_alone(self, spec, run_dir: str, on_host: bool = False) -> None:
         """Train `spec` here with no process group: the launch check's sequential
-        reference, on the same kind of device as the layout it is compared with."""
+        reference, on the same kind of device as the layout it is compared with (or in
+        host memory, `on_host`, when the whole model does not fit the device)."""
+        import torch
+
         from orchestrator.verify.reference import run_reference
 
-        run_reference(spec, self.data, Path(run_dir), device=self.device)
+        run_reference(spec, self.data, Path(run_dir), device=torch.device("cpu") if on_host else self.device)
 
     def where(self) -> tuple[str, ...]:
         """Where the running attempt is in the code, innermost frame first: asked of a rank
