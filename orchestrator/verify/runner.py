@@ -44,8 +44,12 @@ def _run_all(spec: JobSpec, layouts: dict, steps: int, rtol: float | None, say) 
     data_ref = ray.put(data)
     if spec.strategy.verify_options:
         say(f"checking a smaller instance: model.options overridden by {spec.strategy.verify_options}")
-    say(f"reference: {steps} steps of {spec.model.name} in one process")
-    report = reference.run(lambda job, run_dir: run_reference(job, data, run_dir, threads=os.cpu_count() or 1))
+    # As many threads as a layout's worker gets: a kernel sums in another order with
+    # another thread count, which an ill-conditioned model (batch norm over a few values)
+    # turns into differences no layout made.
+    threads = min(max(1, (os.cpu_count() or 1) // count) for _, count in layouts.values())
+    say(f"reference: {steps} steps of {spec.model.name} in one process ({threads} threads, as a worker)")
+    report = reference.run(lambda job, run_dir: run_reference(job, data, run_dir, threads=threads))
 
     def on_fresh_workers(job: JobSpec, run_dir: Path) -> None:
         run_dir.mkdir(parents=True)
