@@ -37,9 +37,8 @@ class ElasticBackend:
             timings=Timings(replace_timeout_s=spec.failure.replace_timeout_s),
         )
         if before_training is not None:
-            warm = WarmWorkers(group, scaling.max_workers + scaling.spares,
-                               lambda ready: controller.scaling.best(ready, None),
-                               controller.timings.startup_timeout_s)
+            warm = WarmWorkers(group, scaling.max_workers, lambda ready: controller.scaling.best(ready, None),
+                               controller.timings.startup_timeout_s, spares=scaling.spares)
             try:
                 before_training(warm)
             except BaseException:

@@ -24,9 +24,10 @@ class WarmWorkers:
     """Runs trimmed jobs on `group`'s ready workers, alone or together."""
 
     def __init__(self, group: RayWorkerGroup, want: int, best: Callable[[int], int | None],
-                 startup_timeout_s: float, poll_interval_s: float = 0.25) -> None:
+                 startup_timeout_s: float, poll_interval_s: float = 0.25, spares: int = 0) -> None:
         self.group = group
-        self.want = want
+        self.want = want  # the workers training starts with; spares start too, unwaited for
+        self.spares = spares
         self.best = best  # ready workers -> the world size training would start with
         self.startup_timeout_s = startup_timeout_s
         self.poll_interval_s = poll_interval_s
@@ -39,9 +40,9 @@ class WarmWorkers:
             ResourceError: too few workers came for any size the job allows.
         """
         deadline = time.monotonic() + self.startup_timeout_s
-        self.group.spawn_up_to(self.want)
+        self.group.spawn_up_to(self.want + self.spares)
         while self.group.refresh(wait_s=self.poll_interval_s) < self.want and time.monotonic() < deadline:
-            self.group.spawn_up_to(self.want)
+            self.group.spawn_up_to(self.want + self.spares)
         size = self.best(self.group.ready_count())
         if size is None:
             raise ResourceError(f"only {self.group.ready_count()} workers could be started for the launch check")
