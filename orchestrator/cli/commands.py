@@ -68,11 +68,15 @@ def resume(
     run_dir: Path = RunDirArgument,
     set_: Optional[List[str]] = SetOption,
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
+    force: bool = typer.Option(
+        False, "--force", help="Take the run over from a driver that still looks alive; its workers "
+        "stop writing to the run at their next step."
+    ),
 ) -> None:
     """Continue a run from its newest valid checkpoint (after a crash, a stop, or to train longer)."""
     from orchestrator.execution.launcher import Launcher
 
-    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address, resume=True))
+    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address, resume=True, force=force))
 
 
 def _run(launcher) -> None:

@@ -22,7 +22,7 @@ from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
 from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
 from orchestrator.execution.resources import WorkerResources, size_workers
-from orchestrator.run.control import DriverLock, request
+from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_heartbeat
 from orchestrator.run.files import RunFiles, atomic_write_text, read_json
 from orchestrator.run.summary import write_summary
 from orchestrator.verify.preflight import launch_check
@@ -35,11 +35,13 @@ def default_run_dir(spec: JobSpec) -> Path:
 class Launcher:
     """Runs one job to the end (or to a failure it cannot recover from)."""
 
-    def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None, resume: bool = False) -> None:
+    def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None, resume: bool = False,
+                 force: bool = False) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir).resolve()
         self.resume = resume  # continue the run in run_dir; else run_dir must hold no run yet
-        self.lock = DriverLock(self.run_dir)
+        self.lock = DriverLock(self.run_dir, force=force)  # force: take the run over from a live driver
+        self._last_beat = 0.0
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.backend = backend_for(spec.scaling.backend)
         self.signal: signal.Signals | None = None  # SIGTERM or SIGINT received: stop with a checkpoint
@@ -124,8 +126,15 @@ class Launcher:
                 thread.join(timeout=0.5)
                 progress.update()
                 self._pass_on_signal()
+                self._beat()
             progress.update()
         return outcome["state"], outcome["error"]
+
+    def _beat(self) -> None:
+        """The heartbeat `status` and a second driver read, on any host."""
+        if time.time() - self._last_beat >= HEARTBEAT_S:
+            write_heartbeat(self.run_dir, self._started)
+            self._last_beat = time.time()
 
     def on_signal(self, received: signal.Signals) -> None:
         """First SIGTERM/SIGINT: checkpoint and stop (SLURM's and Kubernetes' notice of

@@ -92,13 +92,59 @@ def read_directive(run_dir: Path, owner: str | None, attempt: int) -> Directive:
     return Directive[content["directive"]]
 
 
-class DriverLock:
-    """One driver per run directory: an exclusive lock on `driver.lock`, held for the
-    driver's life and released by the system when it dies, however it dies. Its
-    content names the holder (host, pid) for the message a second driver gets."""
+# A driver rewrites its heartbeat every HEARTBEAT_S; one older than HEARTBEAT_STALE_S
+# means the driver is gone, whichever host reads it.
+HEARTBEAT_S = 5.0
+HEARTBEAT_STALE_S = 30.0
 
-    def __init__(self, run_dir: Path) -> None:
+
+def write_heartbeat(run_dir: Path, started: float) -> None:
+    """The driver says it is alive: host, pid, when it started, now."""
+    import socket
+
+    content = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "time": time.time()}
+    atomic_write_text(RunFiles(run_dir).driver_heartbeat, json.dumps(content))
+
+
+def live_driver(run_dir: Path) -> dict[str, Any] | None:
+    """The heartbeat of the run's driver if that driver is alive, else None. On the
+    driver's own host its pid decides; elsewhere the heartbeat's age does. A run
+    without a heartbeat (written before there was one) falls back to driver.pid."""
+    import socket
+
+    beat = read_json(RunFiles(run_dir).driver_heartbeat)
+    if beat is None:
+        return {"host": socket.gethostname(), "pid": _pid_file(run_dir)} if _pid_alive(run_dir) else None
+    pid, when = beat.get("pid"), beat.get("time")
+    if not isinstance(pid, int) or isinstance(when, bool) or not isinstance(when, (int, float)):
+        return None
+    if beat.get("host") == socket.gethostname():
+        return beat if pid > 0 and process_alive(pid) else None
+    return beat if time.time() - when < HEARTBEAT_STALE_S else None
+
+
+def _pid_file(run_dir: Path) -> int | None:
+    try:
+        return int(RunFiles(run_dir).driver_pid.read_text().strip())
+    except (OSError, ValueError):  # none, or damaged: no driver to speak of
+        return None
+
+
+def _pid_alive(run_dir: Path) -> bool:
+    pid = _pid_file(run_dir)
+    return pid is not None and pid > 0 and process_alive(pid)
+
+
+class DriverLock:
+    """One driver per run directory. Across hosts, a fresh heartbeat of another driver
+    refuses the run (unless `force`: that driver's workers then abandon the run, see
+    Directive.ABANDON); on one host, an exclusive lock on `driver.lock`, held for the
+    driver's life and released by the system when it dies, however it dies."""
+
+    def __init__(self, run_dir: Path, force: bool = False) -> None:
+        self.run_dir = Path(run_dir)
         self.path = RunFiles(run_dir).driver_lock
+        self.force = force
         self.handle = None
 
     def acquire(self) -> None:
@@ -106,8 +152,12 @@ class DriverLock:
         RunDirError: another live driver holds the run (naming it).
         """
         import fcntl
-        import socket
 
+        other = live_driver(self.run_dir)
+        if other is not None and other.get("pid") != os.getpid() and not self.force:
+            raise RunDirError(f"{self.run_dir} is driven already (host {other.get('host')}, pid {other.get('pid')}); "
+                              "`orchestrator status` shows it, `orchestrator stop` stops it, "
+                              "`resume --force` takes it over")
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,14 +165,15 @@ class DriverLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise RunDirError(f"{self.path.parent} is driven already ({holder}); "
+            raise RunDirError(f"{self.run_dir} is driven already ({holder}); "
                               "`orchestrator status` shows it, `orchestrator stop` stops it") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}")
+        handle.write(f"host {_hostname()}, pid {os.getpid()}")
         handle.flush()
         self.handle = handle
-        atomic_write_text(RunFiles(self.path.parent).driver_pid, str(os.getpid()))
+        atomic_write_text(RunFiles(self.run_dir).driver_pid, str(os.getpid()))
+        write_heartbeat(self.run_dir, time.time())
 
     def release(self) -> None:
         if self.handle is not None:
@@ -130,13 +181,10 @@ class DriverLock:
             self.handle = None
 
 
-def driver_alive(run_dir: Path) -> bool:
-    """Whether the `orchestrator launch` process that owns the run is still there."""
-    try:
-        pid = int(RunFiles(run_dir).driver_pid.read_text().strip())
-    except (OSError, ValueError):  # none, or damaged: no driver to speak of
-        return False
-    return pid > 0 and process_alive(pid)
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def process_alive(pid: int) -> bool:

@@ -4,6 +4,7 @@
         job.yaml            the resolved job                        (driver)
         driver.pid          pid of the driver that owns the run      (driver)
         driver.lock         held by the live driver: one per run     (driver)
+        driver.json         the driver's heartbeat: host, pid, time  (driver)
         controller.log      the driver's decisions, as text          (driver)
         controller.json     the controller's state, for `status`     (driver)
         requests.jsonl      `scale` / `stop` requests                 (CLI -> driver)
@@ -47,6 +48,10 @@ class RunFiles:
     @property
     def driver_pid(self) -> Path:
         return self.root / "driver.pid"
+
+    @property
+    def driver_heartbeat(self) -> Path:
+        return self.root / "driver.json"
 
     @property
     def driver_lock(self) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.run.control import driver_alive
+from orchestrator.run.control import live_driver
 from orchestrator.run.records import RunRecords
 from orchestrator.training.checkpoint import CheckpointManager, verify
 
@@ -24,7 +24,7 @@ def read_status(run_dir: Path) -> dict:
         state = summary["status"]
     elif controller:
         state = controller["state"]
-        if state in ACTIVE_STATES and not driver_alive(run_dir):
+        if state in ACTIVE_STATES and live_driver(run_dir) is None:
             state = "interrupted (resume it)"
     elif events:
         state = "interrupted (resume it)"
@@ -39,7 +39,13 @@ def read_status(run_dir: Path) -> dict:
         "last_checkpoint": checkpoints[-1].name if checkpoints else None,
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
+        "driver": _driver(run_dir) if state in ACTIVE_STATES else None,
     }
+
+
+def _driver(run_dir: Path) -> str | None:
+    beat = live_driver(run_dir)
+    return None if beat is None else f"host {beat.get('host')}, pid {beat.get('pid')}"
 
 
 def _time(record: dict) -> float:
