@@ -51,6 +51,8 @@ def load_checkpoint(engine: DeepSpeedEngine, directory: Path, dp_size: int, stag
     if dist.get_rank() == 0 and not universal.is_dir():
         convert_to_universal(directory / TAG, universal, stage)
     dist.barrier()
+    if not universal.is_dir():  # this rank loads its own copy (a run on object storage)
+        convert_to_universal(directory / TAG, universal, stage)
     _load(engine, directory, UNIVERSAL_TAG, universal=True)
 
 

@@ -372,6 +372,62 @@ def test_raycluster_check_rejects_a_broken_manifest(breakage):
     assert raycluster_problems(documents)
 
 
+def rayjob_problems(job: dict, cluster_name: str) -> list[str]:
+    """A ray.io/v1 RayJob that submits an orchestrator run to the RayCluster of
+    kuberay.yaml, its storage on object storage, its submitter authenticated."""
+    problems = []
+    if job.get("apiVersion") != "ray.io/v1" or job.get("kind") != "RayJob":
+        problems.append("not a ray.io/v1 RayJob")
+    spec = job.get("spec") or {}
+    if (spec.get("clusterSelector") or {}).get("ray.io/cluster") != cluster_name:
+        problems.append(f"clusterSelector does not name the RayCluster {cluster_name!r}")
+    entrypoint = spec.get("entrypoint") or ""
+    if not re.search(r"orchestrator(\.cli)? (launch|resume) .*--run-dir (s3|gs|abfs)://", entrypoint) \
+            and not re.search(r"orchestrator(\.cli)? resume (s3|gs|abfs)://", entrypoint):
+        problems.append("entrypoint does not run orchestrator with its run on object storage")
+    try:
+        runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "") or {}
+    except yaml.YAMLError as error:
+        problems.append(f"runtimeEnvYAML is not YAML: {error}")
+        runtime_env = {}
+    if not str(runtime_env.get("working_dir", "")).startswith(("s3://", "gs://", "https://")):
+        problems.append("runtimeEnvYAML.working_dir is not a zip on object storage or https")
+    if any(k.startswith(("AWS_SECRET", "AWS_ACCESS")) for k in (runtime_env.get("env_vars") or {})):
+        problems.append("credentials in runtimeEnvYAML: the nodes' own identity reaches the bucket")
+    containers = ((spec.get("submitterPodTemplate") or {}).get("spec") or {}).get("containers") or [{}]
+    env = {e.get("name"): e for e in containers[0].get("env") or []}
+    token = (env.get("RAY_AUTH_TOKEN") or {}).get("valueFrom", {}).get("secretKeyRef", {})
+    if (env.get("RAY_AUTH_MODE") or {}).get("value") != "token" or not token.get("name"):
+        problems.append("the submitter has no RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from a Secret")
+    return problems
+
+
+def _rayjob():
+    return yaml.safe_load((CLUSTER / "kuberay-rayjob.yaml").read_text())
+
+
+def test_kuberay_rayjob_submits_a_run_on_object_storage_to_the_raycluster():
+    assert rayjob_problems(_rayjob(), _cluster(_kuberay_documents())["metadata"]["name"]) == []
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda j: j.__setitem__("kind", "RayCluster"),
+        lambda j: j["spec"].__setitem__("clusterSelector", {"ray.io/cluster": "other"}),
+        lambda j: j["spec"].__setitem__("entrypoint", "python -m orchestrator.cli launch job.yaml --run-dir /tmp/x"),
+        lambda j: j["spec"].__setitem__("runtimeEnvYAML", "working_dir: ."),
+        lambda j: j["spec"].__setitem__("runtimeEnvYAML", "working_dir: s3://b/j.zip\nenv_vars: {AWS_SECRET_ACCESS_KEY: x}"),
+        lambda j: j["spec"]["submitterPodTemplate"]["spec"]["containers"][0].pop("env"),
+    ],
+    ids=["kind", "other-cluster", "local-run-dir", "local-working-dir", "credentials", "no-token"],
+)
+def test_rayjob_check_rejects_a_broken_manifest(breakage):
+    job = copy.deepcopy(_rayjob())
+    breakage(job)
+    assert rayjob_problems(job, "orchestrator")
+
+
 # ---- SLURM ---------------------------------------------------------------------------------
 
 

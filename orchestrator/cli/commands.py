@@ -30,7 +30,16 @@ app = typer.Typer(
 )
 
 SetOption = typer.Option(None, "--set", help="Override a job.yaml key: --set train.steps=200 (repeatable).")
-RunDirArgument = typer.Argument(..., help="A run directory written by `orchestrator launch`.")
+FollowOption = typer.Option(
+    False, "--follow", help="With --address http://...: stream the driver's output (Ctrl-C detaches; the job goes on)."
+)
+WorkingDirOption = typer.Option(
+    None, "--working-dir", help="With --address http://...: the folder sent to the cluster with the job "
+    "(default: the current one); the job file, its local data and your model module live in it."
+)
+RunDirArgument = typer.Argument(
+    ..., help="A run directory written by `orchestrator launch`: a folder, or a URI such as s3://bucket/runs/x."
+)
 
 
 def _fail(message: str, code: int) -> "typer.Exit":
@@ -38,11 +47,11 @@ def _fail(message: str, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _load(job: Path, overrides: Optional[List[str]], build: bool = True):
+def _load(job: Path, overrides: Optional[List[str]], build: bool = True, recorded: bool = False):
     from orchestrator.config.loading import load_spec
 
     try:
-        return load_spec(job, overrides, build=build)
+        return load_spec(job, overrides, build=build, recorded=recorded)
     except JobSpecError as error:
         raise _fail(f"{job} is not a valid job:\n  " + "\n  ".join(error.problems), 2) from None
 
@@ -51,32 +60,95 @@ def _load(job: Path, overrides: Optional[List[str]], build: bool = True):
 def launch(
     job: Path = typer.Argument(..., help="Path to job.yaml."),
     set_: Optional[List[str]] = SetOption,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where outputs go; default runs/NAME-TIME."),
-    address: Optional[str] = typer.Option(
-        None, "--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)."
+    run_dir: Optional[str] = typer.Option(
+        None, "--run-dir", help="Where outputs go: a folder, or s3://, gs://, abfs:// (default runs/NAME-TIME)."
     ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (HOST:6379, default RAY_ADDRESS, else an embedded "
+        "local Ray), or a cluster's Jobs API (http://HEAD:8265) to submit the run to."
+    ),
+    follow: bool = FollowOption,
+    working_dir: Optional[Path] = WorkingDirOption,
 ) -> None:
-    """Train a job: embedded local Ray, or an existing cluster with --address."""
+    """Train a job: embedded local Ray, an existing cluster, or submitted to one (--address http://...)."""
     from orchestrator.execution.launcher import Launcher, default_run_dir
+    from orchestrator.execution.submission import is_jobs_address
 
     spec = _load(job, set_)
-    _run(Launcher(spec, run_dir or default_run_dir(spec), address))
+    if is_jobs_address(address):
+        if run_dir is None:
+            raise _fail("a submitted run needs --run-dir: a URI (s3://bucket/runs/NAME) or an absolute "
+                        "path every node mounts", 2)
+        command = ["launch", str(_relative_job(job, working_dir)), "--run-dir", run_dir]
+        _submit(address, command + _set_args(set_), spec, run_dir, working_dir, follow)
+        return
+    _run(Launcher(spec, _run_path(run_dir) if run_dir else default_run_dir(spec), address))
+
+
+def _set_args(overrides: Optional[List[str]]) -> list[str]:
+    return [arg for override in overrides or [] for arg in ("--set", override)]
+
+
+def _relative_job(job: Path, working_dir: Optional[Path]) -> Path:
+    """The job file as the submitted driver finds it: inside the working directory."""
+    root = (working_dir or Path.cwd()).resolve()
+    if not job.resolve().is_relative_to(root):
+        raise _fail(f"{job} is outside the working directory {root}, which is what travels to the "
+                    "cluster; run from a folder that holds it, or give --working-dir", 2)
+    return job.resolve().relative_to(root)
+
+
+def _submit(address: str, command: list[str], spec, run_dir: str, working_dir: Optional[Path],
+            follow: bool) -> None:
+    from orchestrator.execution.submission import follow as follow_job
+    from orchestrator.execution.submission import submit
+
+    try:
+        submission = submit(address, command, spec, run_dir, working_dir or Path.cwd())
+    except (ResourceError, RunDirError) as error:
+        raise _fail(str(error), 2) from None
+    for line in submission.describe():
+        _say(line)
+    if follow:
+        status = follow_job(address, submission.job_id, _say)
+        _say(f"job {submission.job_id}: {status}")
+        if status == "FAILED":
+            raise typer.Exit(1)
 
 
 @app.command()
 def resume(
-    run_dir: Path = RunDirArgument,
+    run_dir: str = RunDirArgument,
     set_: Optional[List[str]] = SetOption,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join, or its Jobs API (http://HEAD:8265) to submit to."
+    ),
     force: bool = typer.Option(
         False, "--force", help="Take the run over from a driver that still looks alive; its workers "
         "stop writing to the run at their next step."
     ),
+    follow: bool = FollowOption,
+    working_dir: Optional[Path] = WorkingDirOption,
 ) -> None:
     """Continue a run from its newest valid checkpoint (after a crash, a stop, or to train longer)."""
     from orchestrator.execution.launcher import Launcher
+    from orchestrator.execution.submission import is_jobs_address
 
-    _run(Launcher(_load(_job_of(run_dir), set_), run_dir, address, resume=True, force=force))
+    from orchestrator.run.control import DriverLock
+
+    path = _run_path(run_dir)
+    job = _job_of(path)
+    try:  # before the job is loaded: that builds the model, which may not import here
+        DriverLock(path, force=force).refuse_if_driven()
+    except RunDirError as error:
+        raise _fail(str(error), 2) from None
+    # Submitted, the resume runs (and is checked) on the cluster, with the model's module.
+    spec = _load(job, set_, recorded=is_jobs_address(address))
+    if is_jobs_address(address):
+        command = ["resume", run_dir, *_set_args(set_), *(["--force"] if force else [])]
+        _submit(address, command, spec, run_dir, working_dir, follow)
+        return
+    _run(Launcher(spec, path, address, resume=True, force=force))
 
 
 def _run(launcher) -> None:
@@ -161,10 +233,11 @@ def _say(message: str) -> None:
 
 
 @app.command()
-def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "--json")) -> None:
+def status(run_dir: str = RunDirArgument, as_json: bool = typer.Option(False, "--json")) -> None:
     """State, step, world size, restarts, last checkpoint and throughput of a run."""
     from orchestrator.run.status import read_status, render_status
 
+    run_dir = _run_path(run_dir)
     _job_of(run_dir)
     state = read_status(run_dir)
     typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
@@ -172,34 +245,46 @@ def status(run_dir: Path = RunDirArgument, as_json: bool = typer.Option(False, "
 
 @app.command()
 def scale(
-    run_dir: Path = RunDirArgument,
+    run_dir: str = RunDirArgument,
     workers: int = typer.Option(..., "--workers", help="New worker count, within scaling.workers."),
 ) -> None:
     """Resize a running job; it changes size at its next checkpoint boundary."""
     from orchestrator.execution.control import ask_to_scale
 
+    run_dir = _run_path(run_dir)
     _control(lambda spec: ask_to_scale(run_dir, spec, workers), run_dir)
     typer.echo(f"asked {run_dir} to resize to {workers} workers at its next checkpoint")
 
 
 @app.command()
-def stop(run_dir: Path = RunDirArgument) -> None:
+def stop(run_dir: str = RunDirArgument) -> None:
     """Checkpoint a running job and stop it; `orchestrator resume` continues it."""
     from orchestrator.execution.control import ask_to_stop
 
+    run_dir = _run_path(run_dir)
     _control(lambda spec: ask_to_stop(run_dir, spec), run_dir)
     typer.echo(f"asked {run_dir} to checkpoint and stop")
 
 
-def _control(ask, run_dir: Path) -> None:
+def _control(ask, run_dir) -> None:
     try:
-        ask(_load(_job_of(run_dir), None))
+        ask(_load(_job_of(run_dir), None, recorded=True))
     except ControlError as error:
         raise _fail(str(error), 2) from None
 
 
-def _job_of(run_dir: Path) -> Path:
-    """The resolved job.yaml of a run directory."""
+def _run_path(value: str):
+    """A folder or an object storage URI, as the run's modules take it."""
+    from orchestrator.run.storage import run_path
+
+    try:
+        return run_path(value)
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+
+
+def _job_of(run_dir):
+    """The resolved job.yaml of a run directory (a folder or an object storage prefix)."""
     from orchestrator.run.files import RunFiles
 
     if not run_dir.is_dir():
@@ -212,15 +297,74 @@ def _job_of(run_dir: Path) -> Path:
 
 @app.command()
 def logs(
-    run_dir: Path = RunDirArgument,
+    run_dir: str = typer.Argument(..., help="A run directory or URI; with --address http://..., a job id."),
     events: bool = typer.Option(False, "--events", help="Show events (starts, resumes, checkpoints) instead."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing as the run writes, until it ends."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="A cluster's Jobs API (http://HEAD:8265): print the driver output of job RUN_DIR."
+    ),
 ) -> None:
-    """Print a run's per-step metrics (or its events) as JSON lines."""
-    from orchestrator.run.files import RunFiles
+    """Print a run's per-step metrics (or its events) as JSON lines, or a submitted driver's output."""
+    from orchestrator.execution.submission import driver_logs, follow as follow_job, is_jobs_address
+    from orchestrator.run.files import RunFiles, read_jsonl
+    from orchestrator.run.listing import follow_records
 
-    _job_of(run_dir)
-    path = RunFiles(run_dir).events if events else RunFiles(run_dir).metrics
-    if not path.is_file():
-        raise _fail(f"{path} does not exist", 2)
-    sys.stdout.write(path.read_bytes().decode("utf-8", "replace"))
+    if is_jobs_address(address):
+        try:
+            if follow:
+                follow_job(address, run_dir, _say)
+            else:
+                sys.stdout.write(driver_logs(address, run_dir))
+        except RuntimeError as error:  # the Jobs API's answer for an unknown job id
+            raise _fail(f"job {run_dir} at {address}: {error}", 2) from None
+        return
+    path = _run_path(run_dir)
+    _job_of(path)
+    if follow:
+        try:
+            follow_records(path, events, lambda record: print(json.dumps(record), flush=True))
+        except KeyboardInterrupt:
+            pass
+        return
+    records = RunFiles(path).events if events else RunFiles(path).metrics
+    if not records.exists():
+        raise _fail(f"{records} does not exist", 2)
+    sys.stdout.writelines(json.dumps(record) + "\n" for record in read_jsonl(records))
 
+
+@app.command(name="list")
+def list_(
+    prefix: Optional[str] = typer.Argument(
+        None, help="A folder or storage prefix holding run directories (default: runs)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="A cluster's Jobs API (http://HEAD:8265): the runs submitted to it."
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The runs of a folder, a storage prefix, or a cluster: state, step, world size, started."""
+    from orchestrator.execution.submission import is_jobs_address, list_runs as submitted_runs
+    from orchestrator.run.listing import list_runs, render_runs
+    from orchestrator.run.status import ACTIVE_STATES, read_status
+
+    if is_jobs_address(address):
+        runs = []
+        try:
+            jobs = submitted_runs(address)
+        except OrchestratorError as error:
+            raise _fail(str(error), 2) from None
+        latest = {job["run_dir"]: job for job in jobs}  # a resumed run has one job per driver
+        for job in latest.values():
+            try:
+                state = read_status(_run_path(job["run_dir"]))
+            except OSError:  # storage this machine cannot reach: the Jobs API's view only
+                state = {"run_dir": job["run_dir"], "state": f"job {job['job_status'].lower()}"}
+            if job["job_status"] in ("FAILED", "STOPPED") and state["state"] in ("not started", *ACTIVE_STATES):
+                state["state"] = f"job {job['job_status'].lower()}: `orchestrator logs {job['job_id']} --address {address}`"
+            runs.append({**state, "job_id": job["job_id"], "job_status": job["job_status"]})
+    else:
+        root = _run_path(prefix or "runs")
+        if not root.is_dir():
+            raise _fail(f"{root} is not a folder or prefix of runs", 2)
+        runs = list_runs(root)
+    typer.echo(json.dumps(runs, indent=2) if as_json else render_runs(runs))

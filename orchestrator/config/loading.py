@@ -15,19 +15,23 @@ from pydantic import ValidationError
 
 import strategies
 from orchestrator.config.checks import job_problems
-from orchestrator.config.spec import JobSpec
+from orchestrator.config.spec import RECORDED_RUN, JobSpec
 from orchestrator.config.yaml_input import YamlInputError, parse_yaml
 from orchestrator.errors import JobSpecError
+from orchestrator.run.storage import ObjectPath
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None, build: bool = True) -> JobSpec:
+def load_spec(path: str | Path | ObjectPath, overrides: list[str] | None = None, build: bool = True,
+              recorded: bool = False) -> JobSpec:
     """Read job.yaml, apply `a.b=c` overrides, validate everything once. A job file
     names code (model.name); `build=False` only resolves it, never calls it.
+    `recorded`: a run's job.yaml, read to steer the run (scale, stop) from anywhere: the
+    model's module and data files, checked where it launched, are not looked for here.
 
     Raises:
         JobSpecError: listing every problem, each naming its key path.
     """
-    path = Path(path)
+    path = path if isinstance(path, ObjectPath) else Path(path)  # a run's job.yaml may be an object
     try:
         data = path.read_bytes()
     except IsADirectoryError:
@@ -42,14 +46,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, build: bool 
         raise JobSpecError([f"{path}: the top level must be a mapping of sections"])
     for override in overrides or []:
         apply_override(raw, override)
-    return spec_from_dict(raw, base_dir=path.parent, build=build)
+    base_dir = Path(".") if isinstance(path, ObjectPath) else path.parent
+    return spec_from_dict(raw, base_dir=base_dir, build=build and not recorded, recorded=recorded)
 
 
-def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), build: bool = True) -> JobSpec:
+def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), build: bool = True,
+                   recorded: bool = False) -> JobSpec:
     """Validate a job given as a mapping; relative data paths resolve against `base_dir`.
     `build=False` leaves out the checks that build the model (they call model.name)."""
     try:
-        spec = JobSpec.model_validate({**raw, "base_dir": base_dir})
+        spec = JobSpec.model_validate({**raw, "base_dir": base_dir}, context={RECORDED_RUN: recorded})
     except ValidationError as error:
         raise JobSpecError(_describe(error)) from None
     problems = job_problems(spec, build=build)

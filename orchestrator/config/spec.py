@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 import models
 import strategies
 from orchestrator.data.formats import BUILTIN_SOURCES, FILE_FORMATS
 
+
+# Validation context key: the spec is a run's recorded job.yaml, read to steer the run.
+RECORDED_RUN = "recorded_run"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -162,6 +165,11 @@ class ScalingSection(Section):
         1, ge=0, le=MAX_WORKERS, description="Warm standby workers (elastic backend): a failed worker is "
         "replaced by one at once instead of waiting for a new process."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for every worker (and a submitted "
+        "driver), e.g. {NCCL_SOCKET_IFNAME: eth0, HF_TOKEN: ...}. A run on object storage also passes "
+        "on the driver's AWS_*, GOOGLE_* and AZURE_* variables."
+    )
     backend: Literal["elastic", "ray_train"] = Field(
         "elastic", description="elastic: our controller holds the worker actors (fast "
         "recovery, resizes); ray_train: Ray Train's TorchTrainer restarts the group."
@@ -282,8 +290,11 @@ class JobSpec(Section):
         return raw
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "JobSpec":
+    def _cross_checks(self, info: ValidationInfo) -> "JobSpec":
         problems: list[str] = []
+        # A run's recorded job, read to steer the run from another machine: what this
+        # machine has (the model's module, data files) was checked where it launched.
+        here = not (info.context or {}).get(RECORDED_RUN)
         if self.optimizer.nesterov and (self.optimizer.name != "sgd" or self.optimizer.momentum == 0):
             problems.append(
                 "optimizer.nesterov: true needs optimizer.name: sgd with optimizer.momentum > 0 "
@@ -294,13 +305,14 @@ class JobSpec(Section):
                 f"data.source: {self.data.source!r} is neither a built-in source "
                 f"({', '.join(BUILTIN_SOURCES)}) nor a file ending in {', '.join(FILE_FORMATS)}"
             )
-        elif self.data.is_file and not self.data_path.is_file():
+        elif here and self.data.is_file and not self.data_path.is_file():
             problems.append(f"data.source: file {str(self.data_path)!r} does not exist")
         try:
-            models.check_model_options(self.model.name, self.model.options)
+            if here:
+                models.check_model_options(self.model.name, self.model.options)
         except models.ModelConfigError as error:
             problems.append(str(error))
-        if self.model.pretrained is not None and not self.pretrained_path.is_dir():
+        if here and self.model.pretrained is not None and not self.pretrained_path.is_dir():
             problems.append(f"model.pretrained: {str(self.pretrained_path)!r} is not a directory")
         strategy_check = strategies.get_strategy(self.strategy.name).check_job
         if strategy_check is not None:

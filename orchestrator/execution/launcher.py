@@ -20,10 +20,11 @@ from orchestrator.config.spec import JobSpec
 from orchestrator.errors import RunDirError, TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
-from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
+from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray, worker_env
 from orchestrator.execution.resources import WorkerResources, size_workers
 from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_heartbeat
-from orchestrator.run.files import RunFiles, atomic_write_text, read_json
+from orchestrator.run.files import RunFiles, atomic_write_text, flush_logs, read_json
+from orchestrator.run.storage import ObjectPath, RunPath, run_path
 from orchestrator.run.summary import write_summary
 from orchestrator.verify.preflight import launch_check
 
@@ -38,7 +39,7 @@ class Launcher:
     def __init__(self, spec: JobSpec, run_dir: Path, address: str | None = None, resume: bool = False,
                  force: bool = False) -> None:
         self.spec = spec
-        self.run_dir = Path(run_dir).resolve()
+        self.run_dir = run_path(run_dir).resolve()
         self.resume = resume  # continue the run in run_dir; else run_dir must hold no run yet
         self.lock = DriverLock(self.run_dir, force=force)  # force: take the run over from a live driver
         self._last_beat = 0.0
@@ -53,7 +54,7 @@ class Launcher:
         self._open_run_dir()
         started = self._started = time.time()
         _say(f"run directory: {self.run_dir}")
-        embedded = start_ray(self.address, _say)
+        embedded = start_ray(self.address, _say, worker_env(self.spec, self.run_dir))
         try:
             with _StopOnSignal(self):
                 state, error = self._train()
@@ -66,6 +67,7 @@ class Launcher:
 
                 ray.shutdown()
             self.lock.release()
+        flush_logs()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
         if self.signal is not None:
             _say(f"{self.signal.name}: {summary['status']} at step {summary['steps']}; "
@@ -127,7 +129,8 @@ class Launcher:
                 progress.update()
                 self._pass_on_signal()
                 self._beat()
-            progress.update()
+            flush_logs()
+            progress.update(final=True)
         return outcome["state"], outcome["error"]
 
     def _beat(self) -> None:
@@ -180,13 +183,26 @@ def _describe_workers(resources: WorkerResources, strategy: str) -> str:
     return f"workers: {resources.workers} x {resources.cpus_per_worker:g} CPU{gpu}, strategy {strategy}"
 
 
-def _log_to_file(path: Path) -> None:
+def _log_to_file(path: RunPath) -> None:
     """The driver's own decisions (restarts, resizes) go to RUN_DIR/controller.log."""
-    handler = logging.FileHandler(path)
+    handler = _SegmentHandler(path) if isinstance(path, ObjectPath) else logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("orchestrator")
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+
+
+class _SegmentHandler(logging.Handler):
+    """controller.log on object storage: lines appended to this driver's segment."""
+
+    def __init__(self, path: ObjectPath) -> None:
+        from orchestrator.run.files import SegmentLog
+
+        super().__init__()
+        self.log = SegmentLog.of(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.append((self.format(record) + "\n").encode("utf-8"))
 
 
 def _say(message: str) -> None:

@@ -41,8 +41,9 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.stop()
 
-    def update(self) -> None:
-        for event in self.events.poll():
+    def update(self, final: bool = False) -> None:
+        """Show what was written since the last call; `final`: everything, now."""
+        for event in self.events.poll(force=final):
             if event["event"] == "failure":
                 self._say(f"attempt {event['attempt']} failed at step {event['step']}: "
                           f"{event['error'].splitlines()[0]}; {event['decision']}")
@@ -53,7 +54,7 @@ class ProgressReporter:
             elif event["event"] == "checkpoint_none_valid":
                 self._say(f"WARNING: none of the {event['checked']} checkpoints is valid: "
                           "training starts from step 0")
-        for record in self.follower.poll():
+        for record in self.follower.poll(force=final):
             status = _status(record)
             if self._progress is not None:
                 self._progress.update(self._task, completed=record["step"], status=status)

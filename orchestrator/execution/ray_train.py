@@ -14,6 +14,7 @@ from orchestrator.errors import TrainingError
 from orchestrator.execution.failures import AttemptFailed, diagnose, report_exception
 from orchestrator.execution.resources import WorkerResources
 from orchestrator.run.files import RunFiles
+from orchestrator.run.storage import run_path
 
 
 class RayTrainBackend:
@@ -78,7 +79,7 @@ def train_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if spec.scaling.use_gpu else torch.device("cpu")
     worker = WorkerContext(
         spec=spec,
-        run_dir=Path(config["run_dir"]),
+        run_dir=run_path(config["run_dir"]),
         data=ray.get(config["data_ref"]),
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),

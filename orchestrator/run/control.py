@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator.errors import RunDirError
 from orchestrator.run.files import JsonlFollower, RunFiles, append_jsonl, atomic_write_text, read_json
+from orchestrator.run.storage import ObjectPath, run_path
 
 
 class Directive(enum.IntEnum):
@@ -142,7 +143,7 @@ class DriverLock:
     driver's life and released by the system when it dies, however it dies."""
 
     def __init__(self, run_dir: Path, force: bool = False) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_path(run_dir)
         self.path = RunFiles(run_dir).driver_lock
         self.force = force
         self.handle = None
@@ -153,11 +154,10 @@ class DriverLock:
         """
         import fcntl
 
-        other = live_driver(self.run_dir)
-        if other is not None and other.get("pid") != os.getpid() and not self.force:
-            raise RunDirError(f"{self.run_dir} is driven already (host {other.get('host')}, pid {other.get('pid')}); "
-                              "`orchestrator status` shows it, `orchestrator stop` stops it, "
-                              "`resume --force` takes it over")
+        self.refuse_if_driven()
+        if isinstance(self.run_dir, ObjectPath):  # no locks on object storage: the heartbeat decides
+            self._claim()
+            return
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -172,8 +172,19 @@ class DriverLock:
         handle.write(f"host {_hostname()}, pid {os.getpid()}")
         handle.flush()
         self.handle = handle
+        self._claim()
+
+    def _claim(self) -> None:
         atomic_write_text(RunFiles(self.run_dir).driver_pid, str(os.getpid()))
         write_heartbeat(self.run_dir, time.time())
+
+    def refuse_if_driven(self) -> None:
+        """Raises RunDirError naming the live driver of the run, unless `force`."""
+        other = live_driver(self.run_dir)
+        if other is not None and other.get("pid") != os.getpid() and not self.force:
+            raise RunDirError(f"{self.run_dir} is driven already (host {other.get('host')}, pid {other.get('pid')}); "
+                              "`orchestrator status` shows it, `orchestrator stop` stops it, "
+                              "`resume --force` takes it over")
 
     def release(self) -> None:
         if self.handle is not None:

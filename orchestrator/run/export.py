@@ -12,10 +12,15 @@ Exercised by: pytest tests/test_export.py
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from orchestrator.run.storage import ObjectPath, run_path
 
 ALIASES_KEY = "aliases"
 
@@ -36,7 +41,24 @@ def write_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
             continue
         first_of[key] = name
         tensors[name] = tensor.contiguous().clone() if _shares_storage(tensor, tensors) else tensor.contiguous()
-    save_file(tensors, str(path), metadata={ALIASES_KEY: json.dumps(aliases)})
+    with _local_copy(path, upload=True) as local:
+        save_file(tensors, str(local), metadata={ALIASES_KEY: json.dumps(aliases)})
+
+
+@contextlib.contextmanager
+def _local_copy(path, upload: bool) -> Iterator[Path]:
+    """`path` itself when local; for an object, a temporary local file: uploaded after
+    the block (`upload`), or holding the object's download during it."""
+    if not isinstance(path, ObjectPath):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="orchestrator-weights-") as folder:
+        local = Path(folder) / path.name
+        if not upload:
+            path.download(local)
+        yield local
+        if upload:
+            path.upload(local)
 
 
 def _shares_storage(tensor: torch.Tensor, written: dict[str, torch.Tensor]) -> bool:
@@ -50,9 +72,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    path = run_path(path)
+    with _local_copy(path, upload=False) as local:
+        tensors = load_file(str(local))
+        with safe_open(str(local), framework="pt") as handle:
+            metadata = handle.metadata() or {}
     for alias, name in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
         tensors[alias] = tensors[name]
     return tensors

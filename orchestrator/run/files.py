@@ -1,6 +1,6 @@
 """Every file of a run directory, named once, and the only ways they are written.
 
-    RUN_DIR/
+    RUN_DIR/                a folder, or s3://, gs://, abfs:// (run/storage.py)
         job.yaml            the resolved job                        (driver)
         driver.pid          pid of the driver that owns the run      (driver)
         driver.lock         held by the live driver: one per run     (driver)
@@ -19,95 +19,104 @@
         verify/             the launch check's runs, kept only when it fails
         ray/                Ray Train's own storage (scaling.backend: ray_train)
 
-Whole files are replaced atomically (write aside, then rename), so a reader sees
+RUN_DIR is a local folder or a prefix on object storage (run/storage.py). In a folder,
+whole files are replaced atomically (write aside, then rename), so a reader sees
 the old content or the new, never half; JSON-lines files are appended a whole
-line at a time, and readers skip a last line that is still being written.
+line at a time, and readers skip a last line that is still being written. On object
+storage, a whole file is one upload, and a JSON-lines file is a folder of segments,
+one per writing process (`SegmentLog`), merged in time order by the readers.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator.run.storage import ObjectPath, RunPath, run_path
+
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The paths of one run directory."""
+    """The paths of one run directory (a local folder or an object storage prefix)."""
 
-    root: Path
+    root: RunPath
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "root", run_path(self.root))
 
     @property
-    def job(self) -> Path:
+    def job(self) -> RunPath:
         return self.root / "job.yaml"
 
     @property
-    def driver_pid(self) -> Path:
+    def driver_pid(self) -> RunPath:
         return self.root / "driver.pid"
 
     @property
-    def driver_heartbeat(self) -> Path:
+    def driver_heartbeat(self) -> RunPath:
         return self.root / "driver.json"
 
     @property
-    def driver_lock(self) -> Path:
+    def driver_lock(self) -> RunPath:
         return self.root / "driver.lock"
 
     @property
-    def controller_log(self) -> Path:
+    def controller_log(self) -> RunPath:
         return self.root / "controller.log"
 
     @property
-    def controller_state(self) -> Path:
+    def controller_state(self) -> RunPath:
         return self.root / "controller.json"
 
     @property
-    def requests(self) -> Path:
+    def requests(self) -> RunPath:
         return self.root / "requests.jsonl"
 
     @property
-    def directive(self) -> Path:
+    def directive(self) -> RunPath:
         return self.root / "directive.json"
 
     @property
-    def metrics(self) -> Path:
+    def metrics(self) -> RunPath:
         return self.root / "metrics.jsonl"
 
     @property
-    def events(self) -> Path:
+    def events(self) -> RunPath:
         return self.root / "events.jsonl"
 
     @property
-    def summary(self) -> Path:
+    def summary(self) -> RunPath:
         return self.root / "summary.json"
 
     @property
-    def weights(self) -> Path:
+    def weights(self) -> RunPath:
         return self.root / "model.safetensors"
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> RunPath:
         return self.root / "checkpoints"
 
     @property
-    def samples(self) -> Path:
+    def samples(self) -> RunPath:
         return self.root / "samples"
 
     @property
-    def chaos(self) -> Path:
+    def chaos(self) -> RunPath:
         return self.root / "chaos"
 
     @property
-    def verify(self) -> Path:
+    def verify(self) -> RunPath:
         """The launch check's reference and layout runs; removed once the check passes."""
         return self.root / "verify"
 
     @property
-    def ray_storage(self) -> Path:
+    def ray_storage(self) -> RunPath:
         return self.root / "ray"
 
 
@@ -117,6 +126,9 @@ def atomic_write_text(path: Path, text: str, durable: bool = False) -> None:
     `durable` also flushes the data to disk before the rename, for files that must
     survive a power loss (a checkpoint's manifest), not just a crash of this process.
     """
+    if isinstance(path, ObjectPath):
+        path.write_text(text)  # one upload: atomic, and durable once it returns
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as handle:
@@ -128,7 +140,11 @@ def atomic_write_text(path: Path, text: str, durable: bool = False) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record as one line, in a single write."""
+    """Append one record as one line, in a single write (on object storage: to this
+    process's segment, uploaded within FLUSH_S seconds; `flush_logs` uploads it now)."""
+    if isinstance(path, ObjectPath):
+        SegmentLog.of(path).append((json.dumps(record) + "\n").encode("utf-8"))
+        return
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
@@ -136,6 +152,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Complete records of a JSON-lines file; a line still being written is skipped, and
     so is a damaged one (not UTF-8, not JSON, not an object)."""
+    if isinstance(path, ObjectPath):
+        yield from _merge_segments(path, SegmentLog.read_segments(path))
+        return
     if not Path(path).is_file():
         return
     with open(path, "rb") as handle:
@@ -149,7 +168,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object file's content; None when there is none yet, or what is there is
     not a JSON object (a damaged file reads as a missing one)."""
-    path = Path(path)
+    path = run_path(path)
     try:
         content = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -174,13 +193,24 @@ class JsonlFollower:
     """Reads records appended to a JSON-lines file since the last call. Damaged lines
     are skipped; the last ones are kept in `rejected` as (first 200 bytes, why)."""
 
-    def __init__(self, path: Path, from_end: bool = False) -> None:
-        self.path = Path(path)
+    REMOTE_POLL_S = 1.0
+
+    def __init__(self, path: RunPath, from_end: bool = False) -> None:
+        self.path = run_path(path)
+        self.rejected: list[tuple[str, str]] = []
+        self.last_poll = float("-inf")
+        if isinstance(self.path, ObjectPath):
+            # Segments only grow (until their writer starts the next): lines consumed per segment.
+            self.consumed = {name: len(lines) for name, lines in SegmentLog.read_segments(self.path)} \
+                if from_end else {}
+            return
         self.offset = self.path.stat().st_size if from_end and self.path.is_file() else 0
         self.buffer = b""
-        self.rejected: list[tuple[str, str]] = []
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self, force: bool = False) -> list[dict[str, Any]]:
+        """`force`: look now, even on object storage within REMOTE_POLL_S of the last look."""
+        if isinstance(self.path, ObjectPath):
+            return self._poll_segments(force)
         if not self.path.is_file():
             return []
         with open(self.path, "rb") as handle:
@@ -189,6 +219,20 @@ class JsonlFollower:
             self.offset = handle.tell()
         self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
+        return self._parse(lines)
+
+    def _poll_segments(self, force: bool) -> list[dict[str, Any]]:
+        if not force and time.monotonic() - self.last_poll < self.REMOTE_POLL_S:
+            return []  # each look is a listing and a read per segment: not more often than this
+        self.last_poll = time.monotonic()
+        fresh = []
+        for name, lines in SegmentLog.read_segments(self.path):
+            seen = self.consumed.get(name, 0)
+            fresh.append((name, lines[seen:]))
+            self.consumed[name] = len(lines)
+        return list(_merge_segments(self.path, fresh, parse=self._parse))
+
+    def _parse(self, lines: list[bytes]) -> list[dict[str, Any]]:
         records = []
         for line in lines:
             if not line.strip():
@@ -199,3 +243,122 @@ class JsonlFollower:
             else:
                 records.append(record)
         return records
+
+
+def _merge_segments(path: ObjectPath, segments, parse=None) -> Iterator[dict[str, Any]]:
+    """Records of every segment, in the order they were written: by their `time`, and in
+    writing order within a segment (a stable sort)."""
+    records = []
+    for _, lines in segments:
+        if parse is not None:
+            records.extend(parse(lines))
+        else:
+            records.extend(r for line in lines if (r := parse_record(line)[0]) is not None)
+    records.sort(key=lambda r: r["time"] if isinstance(r.get("time"), (int, float)) else 0.0)
+    return iter(records)
+
+
+# A JSON-lines file on object storage is uploaded at most this often by each writer.
+FLUSH_S = 1.0
+# A segment grows to this size, then its writer starts the next one.
+SEGMENT_BYTES = 4 << 20
+
+
+class SegmentLog:
+    """One process's lines of a JSON-lines file on object storage.
+
+    Object storage has no append: `PATH/` holds one object per writer and part,
+    `<start time>-<host>-<pid>-<part>.jsonl`, that its writer rewrites whole with every
+    line so far, at most every FLUSH_S seconds (a background thread uploads what is
+    left). A process killed outright loses at most its last FLUSH_S seconds of lines;
+    steps redone after a restart write their records again.
+    """
+
+    _logs: dict[str, "SegmentLog"] = {}
+    _guard = threading.Lock()
+    _flusher: threading.Thread | None = None
+
+    def __init__(self, folder: ObjectPath) -> None:
+        self.folder = folder
+        self.writer = f"{time.time_ns():020d}-{socket.gethostname()}-{os.getpid()}"
+        self.part = 0
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.dirty = False
+        self.last_upload = 0.0
+        self.lock = threading.Lock()
+
+    @classmethod
+    def of(cls, folder: ObjectPath) -> "SegmentLog":
+        key = f"{os.getpid()}:{folder}"  # a forked child writes its own segments
+        with cls._guard:
+            if key not in cls._logs:
+                cls._logs[key] = SegmentLog(folder)
+                cls._start_flusher()
+            return cls._logs[key]
+
+    def append(self, line: bytes) -> None:
+        with self.lock:
+            self.lines.append(line)
+            self.size += len(line)
+            self.dirty = True
+            due = time.monotonic() - self.last_upload >= FLUSH_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.dirty:
+                return
+            (self.folder / f"{self.writer}-{self.part:04d}.jsonl").write_bytes(b"".join(self.lines))
+            self.dirty = False
+            self.last_upload = time.monotonic()
+            if self.size >= SEGMENT_BYTES:
+                self.part, self.lines, self.size = self.part + 1, [], 0
+
+    @classmethod
+    def read_segments(cls, folder: ObjectPath) -> list[tuple[str, list[bytes]]]:
+        """(segment name, its complete lines) for every segment, this process's own
+        lines uploaded first so that a writer reads what it wrote."""
+        own = cls._logs.get(f"{os.getpid()}:{folder}")
+        if own is not None:
+            own.flush()
+        segments = []
+        for segment in sorted(folder.glob("*.jsonl"), key=lambda p: p.name):
+            try:
+                content = segment.read_bytes()
+            except FileNotFoundError:  # removed while listing
+                continue
+            segments.append((segment.name, [line for line in content.split(b"\n") if line]))
+        return segments
+
+    @classmethod
+    def flush_all(cls) -> None:
+        for log in list(cls._logs.values()):
+            try:
+                log.flush()
+            except OSError:  # storage unreachable: the next flush carries these lines too
+                pass
+
+    @classmethod
+    def _start_flusher(cls) -> None:
+        if cls._flusher is not None and cls._flusher.is_alive():
+            return
+
+        def loop() -> None:
+            while True:
+                time.sleep(FLUSH_S)
+                cls.flush_all()
+
+        cls._flusher = threading.Thread(target=loop, name="segment-log-flusher", daemon=True)
+        cls._flusher.start()
+
+
+def flush_logs() -> None:
+    """Upload every JSON-lines record this process has written to object storage
+    (nothing to do for a local run): before a process ends, and before a summary reads
+    them back."""
+    SegmentLog.flush_all()
+
+
+atexit.register(flush_logs)

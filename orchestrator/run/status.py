@@ -1,7 +1,7 @@
 """`orchestrator status`: what a run directory says about its run."""
 from __future__ import annotations
 
-from pathlib import Path
+from orchestrator.run.storage import RunPath
 
 from orchestrator.run.control import live_driver
 from orchestrator.run.records import RunRecords
@@ -10,7 +10,7 @@ from orchestrator.training.checkpoint import CheckpointManager, verify
 ACTIVE_STATES = ("running", "scheduling", "restarting")
 
 
-def read_status(run_dir: Path) -> dict:
+def read_status(run_dir: RunPath) -> dict:
     records = RunRecords(run_dir)
     metrics = records.metrics()
     events = records.events()
@@ -40,10 +40,19 @@ def read_status(run_dir: Path) -> dict:
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
         "driver": _driver(run_dir) if state in ACTIVE_STATES else None,
+        "started": _started(events),
     }
 
 
-def _driver(run_dir: Path) -> str | None:
+def _started(events: list[dict]) -> str | None:
+    """When the run first started (its first event), as local time."""
+    from datetime import datetime
+
+    times = [_time(e) for e in events if _time(e) > 0]
+    return datetime.fromtimestamp(min(times)).isoformat(sep=" ", timespec="seconds") if times else None
+
+
+def _driver(run_dir: RunPath) -> str | None:
     beat = live_driver(run_dir)
     return None if beat is None else f"host {beat.get('host')}, pid {beat.get('pid')}"
 

@@ -14,6 +14,7 @@ import numpy as np
 from orchestrator.compat.ray import on_head_node
 from orchestrator.config.spec import ChaosSection
 from orchestrator.run.files import RunFiles
+from orchestrator.run.storage import ObjectPath
 
 
 class Chaos:
@@ -37,6 +38,11 @@ class Chaos:
                 self._fire(f"random_kill_{step}", node=False)
 
     def _fire(self, name: str, node: bool) -> None:
+        if isinstance(self.markers, ObjectPath):  # no exclusive create: one rank fires each fault
+            if (self.markers / name).exists():
+                return
+            (self.markers / name).write_text(str(os.getpid()))
+            self._kill(node)
         self.markers.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.markers / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -45,6 +51,10 @@ class Chaos:
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
         os.close(fd)
+        self._kill(node)
+
+    @staticmethod
+    def _kill(node: bool) -> None:
         if node and not on_head_node():
             # A Ray worker process is a child of its node's raylet: killing the raylet
             # takes the node, and every worker on it, out of the cluster.

@@ -6,9 +6,12 @@ Layout of one checkpoint, `RUN_DIR/checkpoints/step_00000050/`:
     rng/rank_N.pt   every RNG stream of rank N, as tensors (read with weights_only)
     manifest.json   size and sha256 of every file above; written last (manifest.py)
 
-A checkpoint is built in a `.partial-*` directory, flushed to disk, and renamed into
-place only after every rank has finished and the manifest is written, so a crash
-mid-save leaves no directory that looks complete (and the next save removes it).
+In a local run directory, a checkpoint is built in a `.partial-*` directory, flushed
+to disk, and renamed into place only after every rank has finished and the manifest is
+written, so a crash mid-save leaves no directory that looks complete (and the next save
+removes it). On object storage, which has no rename, each rank uploads its files
+straight to `step_N/` and the manifest is written after all of them
+(checkpoint_transfer.py): a prefix without a valid manifest is never loaded.
 Loading takes the newest valid checkpoint, and says so in events.jsonl when it
 passes over one; pruning keeps the newest `keep` valid ones, never by name alone.
 
@@ -32,7 +35,8 @@ import torch.distributed as dist
 
 from orchestrator.run.files import RunFiles
 from orchestrator.run.records import EventLog
-from orchestrator.training import manifest
+from orchestrator.run.storage import ObjectPath, RunPath, remove_tree, run_path
+from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.collectives import barrier
 
 log = logging.getLogger(__name__)
@@ -59,17 +63,21 @@ class CheckpointManager:
     """Saves and finds checkpoints under `RUN_DIR/checkpoints`. Call `save` and
     `load_latest` on every rank; rank 0 does the file bookkeeping."""
 
-    def __init__(self, run_dir: Path, keep: int, rank: int, world_size: int) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int) -> None:
+        self.run_dir = run_path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
         self.rank = rank
         self.world_size = world_size
         self.root.mkdir(parents=True, exist_ok=True)
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (path, manifest mtime) -> problem
+        self.remote = isinstance(self.root, ObjectPath)
+        self._fetched: dict[str, Path] = {}  # remote checkpoint -> this rank's verified download
 
     # ---- saving -------------------------------------------------------------------------
-    def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> Path:
+    def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> RunPath:
+        if self.remote:
+            return self._save_remote(state, save_strategy)
         final = self.root / f"{PREFIX}{state.step:08d}"
         partial = self.root / f"{PARTIAL}{PREFIX}{state.step:08d}"
         if self.rank == 0:
@@ -91,7 +99,25 @@ class CheckpointManager:
         barrier()
         return final
 
-    def _prune(self, keep_also: Path) -> None:
+    def _save_remote(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> ObjectPath:
+        final = self.root / f"{PREFIX}{state.step:08d}"
+
+        def write(staging: Path) -> None:
+            save_strategy(staging / "state")
+            (staging / "rng").mkdir()
+            torch.save(capture_rng(), staging / "rng" / f"rank_{self.rank}.pt")
+            if self.rank == 0:
+                (staging / "trainer.json").write_text(state.to_json())
+
+        files = checkpoint_transfer.stage_and_upload(final, self.rank, write)
+        if self.rank == 0:
+            manifest.publish(final, files)
+            self._verdicts[self._key(final)] = None  # uploaded and hashed just now
+            self._prune(keep_also=final)
+        barrier()
+        return final
+
+    def _prune(self, keep_also: RunPath) -> None:
         """Keep the newest `keep` valid checkpoints (the one just written among them);
         remove older valid ones and every invalid one, which no resume can use."""
         kept = 0
@@ -102,15 +128,15 @@ class CheckpointManager:
                 continue
             reason = "beyond checkpoint.keep" if valid else self.problem(candidate)
             log.info("removing checkpoint %s: %s", candidate.name, reason)
-            shutil.rmtree(candidate, ignore_errors=True)
+            remove_tree(candidate)
 
     # ---- loading ------------------------------------------------------------------------
-    def checkpoints(self) -> list[Path]:
+    def checkpoints(self) -> list[RunPath]:
         """Committed checkpoint directories, oldest first."""
         return self.list_checkpoints(self.run_dir)
 
     @staticmethod
-    def list_checkpoints(run_dir: Path) -> list[Path]:
+    def list_checkpoints(run_dir: RunPath) -> list[RunPath]:
         """Checkpoint directories in step order (as numbers: step_100000000 after
         step_99999999), oldest first."""
         root = RunFiles(run_dir).checkpoints
@@ -118,15 +144,25 @@ class CheckpointManager:
                  if (m := _NAME.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found)]
 
-    def problem(self, directory: Path) -> str | None:
-        """What is wrong with a checkpoint (None: valid), checked once per version of it."""
+    def problem(self, directory: RunPath) -> str | None:
+        """What is wrong with a checkpoint (None: valid), checked once per version of it.
+        On object storage the check reads this rank's download of it."""
         key = self._key(directory)
         if key not in self._verdicts:
-            self._verdicts[key] = manifest.check(directory)
+            self._verdicts[key] = manifest.check(self._local(directory))
         return self._verdicts[key]
 
+    def _local(self, directory: RunPath) -> Path:
+        """A local folder holding `directory`: itself, or this rank's download of it."""
+        if not isinstance(directory, ObjectPath):
+            return directory
+        if str(directory) not in self._fetched:
+            target = checkpoint_transfer.staging_root(self.root, self.rank) / directory.name
+            self._fetched = {str(directory): checkpoint_transfer.download(directory, target)}
+        return self._fetched[str(directory)]
+
     @staticmethod
-    def _key(directory: Path) -> tuple[str, int]:
+    def _key(directory: RunPath) -> tuple[str, int]:
         try:
             return str(directory), (directory / manifest.MANIFEST).stat().st_mtime_ns
         except OSError:
@@ -141,7 +177,7 @@ class CheckpointManager:
             choice[0] = self._newest_valid()
         if dist.is_initialized() and self.world_size > 1:
             dist.broadcast_object_list(choice, src=0)
-        return Path(choice[0]) if choice[0] else None
+        return run_path(choice[0]) if choice[0] else None
 
     def _newest_valid(self) -> str | None:
         events = EventLog(self.run_dir)
@@ -157,20 +193,28 @@ class CheckpointManager:
         return None
 
     def load(
-        self, directory: Path, load_strategy: Callable[[Path], None]
+        self, directory: RunPath, load_strategy: Callable[[Path], None]
     ) -> TrainerState:
-        state = TrainerState(**json.loads((directory / "trainer.json").read_text()))
-        load_strategy(directory / "state")
-        rng_file = directory / "rng" / f"rank_{self.rank}.pt"
+        local = self._local(directory)
+        state = TrainerState(**json.loads((local / "trainer.json").read_text()))
+        load_strategy(local / "state")
+        rng_file = local / "rng" / f"rank_{self.rank}.pt"
         # RNG streams belong to ranks; after a resize the ranks are new, so the
         # streams restart from the seed instead (the data order does not use them).
         if state.world_size == self.world_size and rng_file.is_file():
             restore_rng(torch.load(rng_file, weights_only=True))
+        if local != directory:  # this rank's download: loaded, no longer needed
+            shutil.rmtree(local, ignore_errors=True)
+            self._fetched.clear()
         return state
 
 
-def verify(directory: Path) -> str | None:
-    """None when the checkpoint in `directory` is valid, else what is wrong with it."""
+def verify(directory: RunPath) -> str | None:
+    """None when the checkpoint in `directory` is valid, else what is wrong with it. On
+    object storage only what needs no download is checked (manifest, files, sizes); a
+    resume checks every byte of the checkpoint it loads."""
+    if isinstance(directory, ObjectPath):
+        return manifest.sizes_problem(directory)
     return manifest.check(directory)
 
 

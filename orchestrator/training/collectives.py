@@ -28,3 +28,12 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def all_gather_object(value):
+    """Every rank's `value`, in rank order ([value] without a process group)."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered

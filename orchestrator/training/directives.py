@@ -5,6 +5,7 @@ tiny all-reduce, so all ranks stop or resize after the same step.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.run.control import Directive, read_directive
+from orchestrator.run.storage import is_remote
 from orchestrator.training.collectives import all_reduce
 
 
@@ -22,9 +24,14 @@ class RunTakenOver(RuntimeError):
 class DirectiveReader:
     """Polled on every rank after each step; only rank 0 touches the file."""
 
+    # On object storage a read is a request: rank 0 reads at most this often.
+    REMOTE_POLL_S = 1.0
+
     def __init__(self, run_dir: Path, owner: str | None, attempt: int, rank: int,
                  driver_alive: Callable[[], bool] | None = None) -> None:
         self.run_dir = run_dir
+        self.min_interval = self.REMOTE_POLL_S if is_remote(run_dir) else 0.0
+        self.last_read = (float("-inf"), Directive.CONTINUE)  # (monotonic time, directive)
         self.owner = owner
         self.attempt = attempt
         self.rank = rank
@@ -36,9 +43,16 @@ class DirectiveReader:
         if driver_gone:
             local = Directive.ABANDON
         elif self.rank == 0:
-            local = read_directive(self.run_dir, self.owner, self.attempt)
+            local = self._read()
         else:
             local = Directive.CONTINUE
         value = torch.tensor([int(local)])
         all_reduce(value, op=dist.ReduceOp.MAX)
         return Directive(int(value))
+
+    def _read(self) -> Directive:
+        when, directive = self.last_read
+        if time.monotonic() - when >= self.min_interval:
+            directive = read_directive(self.run_dir, self.owner, self.attempt)
+            self.last_read = (time.monotonic(), directive)
+        return directive

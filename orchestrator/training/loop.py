@@ -20,7 +20,7 @@ from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.planning.layout import BatchLayout, batch_layout
 from orchestrator.run.control import Directive, process_alive
 from orchestrator.run.export import write_weights
-from orchestrator.run.files import RunFiles
+from orchestrator.run.files import RunFiles, flush_logs
 from orchestrator.run.records import EventLog, MetricsLog
 from orchestrator.training.audit import record_sample_ids
 from orchestrator.training.batches import batch_tensors
@@ -54,6 +54,13 @@ class Attempt:
 def train(w: WorkerContext) -> str:
     """Train from the newest valid checkpoint to `train.steps`, or until the controller
     asks to stop or resize. Returns an `Outcome`."""
+    try:
+        return _train(w)
+    finally:
+        flush_logs()  # a run on object storage: this rank's last records, uploaded
+
+
+def _train(w: WorkerContext) -> str:
     spec = w.spec
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)

@@ -29,11 +29,37 @@ def write_manifest(directory: Path) -> None:
     for path in sorted(directory.rglob("*")):
         if path.is_file() and path.relative_to(directory).as_posix() != MANIFEST:
             fsync_path(path)
-            files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": sha256(path)}
+            files[path.relative_to(directory).as_posix()] = entry(path)
         elif path.is_dir():
             fsync_path(path)
     fsync_path(directory)
+    publish(directory, files)
+
+
+def entry(path: Path) -> dict[str, Any]:
+    """A local file's line in a manifest."""
+    return {"size": path.stat().st_size, "sha256": sha256(path)}
+
+
+def publish(directory, files: dict[str, dict[str, Any]]) -> None:
+    """Write the manifest of `directory` (a folder or an object storage prefix) listing
+    `files`: the step that makes a checkpoint valid, so it comes after every file."""
     atomic_write_text(directory / MANIFEST, json.dumps({"files": files}, indent=1), durable=True)
+
+
+def sizes_problem(directory) -> str | None:
+    """The checks that need no file read: the manifest, and every file it lists present
+    at its size (for listing checkpoints on object storage without downloading them)."""
+    manifest, problem = _read(directory / MANIFEST)
+    if problem is not None:
+        return problem
+    sizes = {p.relative_to(directory).as_posix(): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
+    for name, expected in manifest.items():
+        if name not in sizes:
+            return f"{name} is missing"
+        if sizes[name] != expected["size"]:
+            return f"{name} is truncated ({sizes[name]} of {expected['size']} bytes)"
+    return None
 
 
 def check(directory: Path) -> str | None:
@@ -60,10 +86,10 @@ def check(directory: Path) -> str | None:
 
 def _read(path: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The manifest's file table, or why there is none that can be trusted."""
-    if not path.is_file():
-        return {}, "no manifest (incomplete save)"
     try:
         content = json.loads(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        return {}, "no manifest (incomplete save)"
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         return {}, f"manifest is not valid JSON ({type(error).__name__})"
     files = content.get("files") if isinstance(content, dict) else None

@@ -9,7 +9,6 @@ and the tensors that differ.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +21,7 @@ from orchestrator.planning.layout import batch_layout
 from orchestrator.planning.memory import estimate_memory, human_bytes
 from orchestrator.run.files import RunFiles
 from orchestrator.run.records import EventLog, RunRecords
+from orchestrator.run.storage import remove_tree
 from orchestrator.verify.check import LayoutCheck, Reference
 from orchestrator.verify.render import HEADER, failure_lines, noise_line, randomness_line, row
 
@@ -82,7 +82,7 @@ class LaunchCheck:
         size = workers.world_size()
         self.ready_seconds = time.perf_counter() - started
         root = RunFiles(self.run_dir).verify
-        shutil.rmtree(root, ignore_errors=True)  # an earlier launch's failed check
+        remove_tree(root)  # an earlier launch's failed check
         reference = Reference(self.spec, self.steps, root)
         place = self._place(reference, workers)
         if place is None or not self._deterministic(reference):
@@ -102,7 +102,7 @@ class LaunchCheck:
         self._record(check, reference, time.perf_counter() - started)
         if not check.passed:
             raise VerificationError(self._failure(check, reference))
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
 
     def _place(self, reference: Reference, workers: Workers) -> str | None:
         """Where the reference runs: on a worker's device ("device"), in its host memory

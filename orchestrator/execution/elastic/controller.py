@@ -24,6 +24,7 @@ from orchestrator.execution.elastic.steering import Steering
 from orchestrator.execution.failures import FailureReport
 from orchestrator.run.files import RunFiles, atomic_write_text
 from orchestrator.run.records import EventLog, RunRecords
+from orchestrator.run.storage import run_path
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ElasticController:
                  scaling_policy: ScalingPolicy, spares: int, timings: Timings = Timings(),
                  clock=time.time) -> None:
         self.group = group
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_path(run_dir)
         self.failure_policy = failure_policy
         self.scaling = scaling_policy
         self.spares = spares

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from orchestrator.execution.failures import AttemptFailed, code_frames, report_exception
+from orchestrator.run.storage import run_path
 
 
 @ray.remote(max_restarts=0, max_concurrency=2)
@@ -29,7 +30,7 @@ class TrainWorker:
         from orchestrator.training.context import configure_runtime
 
         self.spec = spec
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_path(run_dir)
         self.data = ray.get(data_ref_holder[0])
         self.use_gpu = use_gpu
         self.attempt_thread: int | None = None  # the thread running run_attempt, for `where`
@@ -74,7 +75,7 @@ class TrainWorker:
         from orchestrator.training.loop import train
 
         self.attempt_thread = threading.get_ident()
-        spec, run_dir = (job[0], Path(job[1])) if job is not None else (self.spec, self.run_dir)
+        spec, run_dir = (job[0], run_path(job[1])) if job is not None else (self.spec, self.run_dir)
         context = WorkerContext(
             spec=spec, run_dir=run_dir, data=self.data, rank=rank,
             world_size=world_size, device=self.device, attempt=attempt, failure=failure,
@@ -108,7 +109,7 @@ class TrainWorker:
 
         from orchestrator.verify.reference import run_reference
 
-        run_reference(spec, self.data, Path(run_dir), device=torch.device("cpu") if on_host else self.device)
+        run_reference(spec, self.data, run_path(run_dir), device=torch.device("cpu") if on_host else self.device)
 
     def where(self) -> tuple[str, ...]:
         """Where the running attempt is in the code, innermost frame first: asked of a rank
