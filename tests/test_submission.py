@@ -147,6 +147,18 @@ def test_a_submitted_run_outlives_its_submitter_and_is_steered_from_anywhere(tmp
         stopped_at = status(run, elsewhere, env)["step"]
         assert stopped_at < STEPS
 
+        # Resumed, then stopped through the Jobs API (its driver gets SIGTERM and checkpoints).
+        cli("resume", run, "--address", cluster["dashboard"], cwd=laptop, env=env)
+        wait_until(lambda: status(run, elsewhere, env)["step"] >= stopped_at + 50, "the resumed run to train")
+        asked = cli("stop", run, "--address", cluster["dashboard"], cwd=elsewhere, env=env)
+        assert "checkpoint and stop" in asked.stdout
+        wait_until(lambda: status(run, elsewhere, env)["state"] == "stopped", "the stop through the Jobs API")
+        stopped_at = status(run, elsewhere, env)["step"]
+        checkpoints = [p.name for p in RunFiles(ObjectPath(run)).checkpoints.iterdir()]
+        assert f"step_{stopped_at:08d}" in checkpoints  # checkpointed on the signal, not killed
+        wait_until(lambda: json.loads(cli("list", "--address", cluster["dashboard"], "--json", cwd=elsewhere,
+                                          env=env).stdout)[0]["job_status"] == "STOPPED", "the job to end")
+
         end = stopped_at + 200
         resumed = cli("resume", run, "--address", cluster["dashboard"], "--follow", "--set", f"train.steps={end}",
                       cwd=laptop, env=env)
@@ -156,5 +168,5 @@ def test_a_submitted_run_outlives_its_submitter_and_is_steered_from_anywhere(tmp
         steps = latest_per_step(list(read_jsonl(RunFiles(ObjectPath(run)).metrics)))
         assert [r["step"] for r in steps] == list(range(1, end + 1))
         events = [e["event"] for e in read_jsonl(RunFiles(ObjectPath(run)).events)]
-        assert "stopped" in events and events.index("stopped") < events.index("resumed")
+        assert events.count("resumed") == 2 and events.index("stopped") < events.index("resumed")
 

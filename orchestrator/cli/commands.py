@@ -257,10 +257,24 @@ def scale(
 
 
 @app.command()
-def stop(run_dir: str = RunDirArgument) -> None:
+def stop(
+    run_dir: str = typer.Argument(..., help="A run directory or URI; with --address http://..., a job id too."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="A cluster's Jobs API (http://HEAD:8265): stop the run's job through it, "
+        "for a run whose storage this machine cannot reach."
+    ),
+) -> None:
     """Checkpoint a running job and stop it; `orchestrator resume` continues it."""
     from orchestrator.execution.control import ask_to_stop
+    from orchestrator.execution.submission import is_jobs_address, stop_run
 
+    if is_jobs_address(address):
+        try:
+            job_id = stop_run(address, run_dir)
+        except OrchestratorError as error:
+            raise _fail(str(error), 2) from None
+        typer.echo(f"asked job {job_id} to checkpoint and stop (its driver got SIGTERM)")
+        return
     run_dir = _run_path(run_dir)
     _control(lambda spec: ask_to_stop(run_dir, spec), run_dir)
     typer.echo(f"asked {run_dir} to checkpoint and stop")

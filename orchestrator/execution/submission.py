@@ -36,6 +36,9 @@ EXCLUDES = [".git", ".venv", "venv", "runs", "__pycache__", "*.pyc", ".pytest_ca
 # Job metadata that marks a Ray job as an orchestrator run, and names its storage.
 RUN_KEY = "orchestrator_run"
 NAME_KEY = "orchestrator_job"
+# How long Ray's job supervisor waits after SIGTERM before SIGKILL when a job is stopped
+# (Ray's default is 3 s): time for the driver to checkpoint and stop (launcher.py).
+STOP_GRACE_S = 300
 # Variables that say where object storage is without being secrets; credentials
 # belong to the cluster's nodes (an instance role, a mounted secret), not a job's env.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -81,9 +84,8 @@ def submit(address: str, command: list[str], spec: JobSpec, run_dir: str, workin
     modules = _modules_from_elsewhere(spec, working_dir)
     if modules:
         runtime_env["py_modules"] = modules
-    env = {**_endpoint_env(run_dir), **spec.scaling.env}
-    if env:
-        runtime_env["env_vars"] = env
+    runtime_env["env_vars"] = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **_endpoint_env(run_dir),
+                               **spec.scaling.env}
     job_id = f"orchestrator-{_slug(spec.name)}-{datetime.now():%Y%m%d-%H%M%S}-{time.time_ns() % 1000:03d}"
     client = _client(address)
     client.submit_job(
@@ -111,6 +113,26 @@ def follow(address: str, job_id: str, say) -> str:
         say(f"detached; job {job_id} goes on (`orchestrator logs {job_id} --address {address} --follow`)")
         return "DETACHED"
     return str(client.get_job_status(job_id).value)
+
+
+def stop_run(address: str, target: str) -> str:
+    """Stop a submitted run through the Jobs API: its driver gets SIGTERM, checkpoints and
+    stops (STOP_GRACE_S before Ray kills it). `target` is a job id or a run's storage.
+    Returns the job id.
+
+    Raises:
+        ControlError: no running job is that job or drives that run.
+    """
+    from orchestrator.errors import ControlError
+
+    running = [job for job in list_runs(address) if job["job_status"] in ("PENDING", "RUNNING")
+               and target in (job["job_id"], job["run_dir"])]
+    if not running:
+        raise ControlError(f"no running job at {address} is {target} or drives it; "
+                           f"`orchestrator list --address {address}` lists them")
+    job_id = running[-1]["job_id"]
+    _client(address).stop_job(job_id)
+    return job_id
 
 
 def driver_logs(address: str, job_id: str) -> str:
