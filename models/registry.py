@@ -9,6 +9,7 @@ job spec loads, so a typo fails before any worker starts.
 Exercised by ``python -m pytest tests/test_models.py -q``.
 """
 
+import difflib
 import importlib
 import json
 import inspect
@@ -61,9 +62,11 @@ def resolve_model_factory(name: str) -> Callable[..., nn.Module]:
     """
     if ":" not in name:
         if name not in MODEL_REGISTRY:
+            close = difflib.get_close_matches(name, list(MODEL_REGISTRY), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ModelConfigError(
                 "model.name",
-                f"unknown model {name!r}; registered models are {sorted(MODEL_REGISTRY)}, "
+                f"unknown model {name!r}{hint}; registered models are {sorted(MODEL_REGISTRY)}, "
                 "or give your own factory as 'package.module:function'",
             )
         return MODEL_REGISTRY[name]

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.data.pipeline import prepare_data
-from orchestrator.errors import DataError
+from orchestrator.errors import DataError, JobSpecError
 from tests.distributed import make_spec
 
 TABLE_JOB = {
@@ -80,14 +80,18 @@ def test_split_is_deterministic_and_disjoint(tmp_path, ray_session):
 
 def test_missing_values_without_dropna_is_a_clear_error(tmp_path, ray_session):
     path = _write(tmp_path, "parquet")
-    spec = make_spec(TABLE_JOB, data__source=str(path), data__prepare=["encode_labels"])
-    with pytest.raises(DataError, match="dropna"):
+    with pytest.raises(JobSpecError, match="dropna"):  # found in the first rows, before anything starts
+        make_spec(TABLE_JOB, data__source=str(path), data__prepare=["encode_labels"])
+    spec = make_spec(TABLE_JOB, data__source=str(path), data__prepare=["encode_labels"], unchecked_data=True)
+    with pytest.raises(DataError, match="dropna"):  # and by the pipeline itself
         prepare_data(spec)
 
 
 def test_text_labels_without_encoding_is_a_clear_error(tmp_path, ray_session):
     path = _write(tmp_path, "parquet")
-    spec = make_spec(TABLE_JOB, data__source=str(path), data__prepare=["dropna"])
+    with pytest.raises(JobSpecError, match="encode_labels"):
+        make_spec(TABLE_JOB, data__source=str(path), data__prepare=["dropna"])
+    spec = make_spec(TABLE_JOB, data__source=str(path), data__prepare=["dropna"], unchecked_data=True)
     with pytest.raises(DataError, match="encode_labels"):
         prepare_data(spec)
 

@@ -5,6 +5,8 @@ Exercised by: pytest tests/test_export.py
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -90,3 +92,28 @@ def test_training_starts_from_a_local_pretrained_directory(tmp_path):
     bad = {**job, "model": {**job["model"], "pretrained": "nowhere"}}
     with pytest.raises(Exception, match="model.pretrained"):
         make_spec(bad, tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_model_trained_on_a_users_csv_predicts_labels_from_raw_rows(tmp_path):
+    """examples/iris_csv.yaml: text labels encoded, features normalised; model.json carries
+    both, so the raw rows of the file go in and species names come out."""
+    import csv
+    import subprocess
+    import sys
+
+    from orchestrator.run.export import Predictor
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", str(root / "examples/iris_csv.yaml"),
+                             "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = list(csv.DictReader(open(root / "examples/iris.csv")))
+    predictor = Predictor(tmp_path / "run")
+    assert predictor.card["label_values"] == ["setosa", "versicolor", "virginica"]
+    assert set(predictor.card["normalization"]) == {"sepal_length", "sepal_width", "petal_length", "petal_width"}
+    predicted = predictor.predict(rows)
+    accuracy = sum(p == row["species"] for p, row in zip(predicted, rows)) / len(rows)
+    assert accuracy > 0.9, accuracy
+    with pytest.raises(ValueError, match="petal_width"):
+        predictor.predict([{k: v for k, v in rows[0].items() if k != "petal_width"}])

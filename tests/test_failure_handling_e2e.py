@@ -104,6 +104,23 @@ def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):
         assert failure["kind"] == "died", failure
         assert failure["error"].startswith("worker process died (rank 1 on node "), failure
         assert failure["world_size_before"] == failure["world_size_after"] == 2
+    status = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", str(tmp_path), "--json"],
+                                       capture_output=True, text=True, cwd=ROOT, timeout=60).stdout)
+    assert status["restarts"] == status["failures"] == 3
+
+
+def test_under_ray_train_every_failure_is_listed_too_and_a_failed_runs_status_shows_its_error(tmp_path):
+    result, _ = launch(tmp_path, "scaling.backend=ray_train", "chaos.kill_worker_at_steps=[3, 6, 9, 11]",
+                       "train.steps=12")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["restarts"] == 3
+    assert [f["attempt"] for f in summary["failures"]] == [1, 2, 3, 4]
+    assert summary["failures"][-1]["decision"].startswith("failure.max_failures reached")
+    status = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", str(tmp_path), "--json"],
+                                       capture_output=True, text=True, cwd=ROOT, timeout=60).stdout)
+    assert status["state"] == "failed" and status["restarts"] == 3 and status["failures"] == 4
+    assert status["error"] and status["error"] == summary["error"].splitlines()[0]
 
 
 def test_under_ray_train_the_error_reads_the_same_without_a_traceback(tmp_path):

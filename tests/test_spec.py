@@ -36,7 +36,15 @@ BAD_INPUTS = [
     ("model-path-no-attribute", ["model.name=json:no_such_factory"], "model.name", "no_such_factory"),
     ("bad-model-option", ["model.options.widht=3"], "model.options.widht", "hidden"),
     ("min-above-max", ["scaling.workers=[3, 2]"], "scaling.workers", "above max"),
-    ("choice", ["optimizer.name=lbfgs"], "optimizer.name", "'sgd', 'adam' or 'adamw'"),
+    ("choice", ["optimizer.name=lbfgs"], "optimizer.name", "is not one of sgd, adam, adamw"),
+    ("misspelled-key", ["train.stepz=3"], "train.stepz", "did you mean 'steps'?"),
+    ("misspelled-section", ["optimzer.lr=0.1"], "optimzer", "did you mean 'optimizer'?"),
+    ("misspelled-value", ["optimizer.name=adamm"], "optimizer.name", "did you mean 'adam'?"),
+    ("misspelled-list-value", ["data.prepare=[normalise]"], "data.prepare[0]", "did you mean 'normalize'?"),
+    ("misspelled-strategy-key", ["strategy.bucket_cap=3"], "strategy.bucket_cap", "did you mean 'bucket_cap_mb'?"),
+    ("misspelled-strategy", ["strategy.name=fsdb"], "strategy.name", "did you mean 'fsdp'?"),
+    ("misspelled-model", ["model.name=mpl"], "model.name", "did you mean 'mlp'?"),
+    ("union-in-user-terms", ["scaling.workers=abc"], "scaling.workers", "expected a whole number or [min, max]"),
     ("conflict", ["optimizer.nesterov=true"], "optimizer.nesterov", "momentum"),
     ("collective-timeout", ["failure.collective_timeout_s=0"], "failure.collective_timeout_s", "greater than 0"),
 ]
@@ -67,6 +75,9 @@ def test_bad_yaml_file(tmp_path):
     job.write_text("model: [unclosed\n")
     result = CliRunner().invoke(app, ["validate", str(job)])
     assert result.exit_code == 2 and "not valid YAML" in result.output
+    # the file, the line and column, the line itself and a caret under the place
+    assert f"{job}, line 2, column 1: not valid YAML:" in result.output
+    assert result.output.rstrip().endswith("^")
 
 
 def test_every_problem_reported_at_once():

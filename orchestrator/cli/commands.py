@@ -26,8 +26,23 @@ app = typer.Typer(
     help="Elastic distributed training on Ray: write one job.yaml, launch it anywhere.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"orchestrator {version('orchestrator')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
+    """Elastic distributed training on Ray: write one job.yaml, launch it anywhere."""
 
 SetOption = typer.Option(None, "--set", help="Override a job.yaml key: --set train.steps=200 (repeatable).")
 FollowOption = typer.Option(
@@ -170,12 +185,35 @@ def _run(launcher) -> None:
 def validate(
     job: Path = typer.Argument(..., help="Path to job.yaml."),
     set_: Optional[List[str]] = SetOption,
+    print_: bool = typer.Option(False, "--print", help="Print the resolved job, every default written out."),
 ) -> None:
     """Check job.yaml without starting anything; exit 2 with every problem listed.
     model.name is resolved, never called: checks that need the model built are plan's."""
     spec = _load(job, set_, build=False)
+    if print_:
+        from orchestrator.config.loading import dump_spec
+
+        typer.echo(dump_spec(spec), nl=False)
+        return
     typer.echo(f"{job}: valid ({spec.model.name} on {spec.data.source}, strategy {spec.strategy.name}, "
                f"workers {spec.scaling.workers})")
+    if spec.scaling.use_gpu and not _has_gpu():
+        typer.echo("warning: scaling.use_gpu: true, and this machine has no GPU: `launch` here stops with "
+                   "exit 2; on a cluster (--address) it needs one GPU per worker there", err=True)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@app.command()
+def schema() -> None:
+    """Print job.yaml's JSON Schema, for editors (`# yaml-language-server: $schema=job.schema.json`)."""
+    from orchestrator.config.schema import schema_text
+
+    typer.echo(schema_text(), nl=False)
 
 
 @app.command()

@@ -13,15 +13,17 @@ import models
 
 import strategies
 from orchestrator.config.spec import JobSpec
+from orchestrator.data.inspection import data_problems
 from orchestrator.data.model_arguments import model_arguments
 from orchestrator.planning.layout import batch_fits, batch_layout, layout_for
 from orchestrator.training.model import build_job_model
 
 
-def job_problems(spec: JobSpec, build: bool = True) -> list[str]:
-    """Every problem of a validated spec's batch arithmetic and layout, each naming its key;
-    with `build`, also those that need the model built (on the meta device)."""
-    problems = batch_problems(spec)
+def job_problems(spec: JobSpec, build: bool = True, data: bool = True) -> list[str]:
+    """Every problem of a validated spec's data (with `data`: its schema and first rows,
+    data/inspection.py), batch arithmetic and layout, each naming its key; with `build`,
+    also those that need the model built (on the meta device)."""
+    problems = (data_problems(spec) if data else []) + batch_problems(spec)
     return problems or (model_layout_problems(spec) if build else [])
 
 

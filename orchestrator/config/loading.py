@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 import strategies
 from orchestrator.config.checks import job_problems
+from orchestrator.config.messages import describe
 from orchestrator.config.spec import RECORDED_RUN, JobSpec
 from orchestrator.config.yaml_input import YamlInputError, parse_yaml
 from orchestrator.errors import JobSpecError
@@ -57,8 +58,8 @@ def spec_from_dict(raw: dict[str, Any], base_dir: Path = Path("."), build: bool 
     try:
         spec = JobSpec.model_validate({**raw, "base_dir": base_dir}, context={RECORDED_RUN: recorded})
     except ValidationError as error:
-        raise JobSpecError(_describe(error)) from None
-    problems = job_problems(spec, build=build)
+        raise JobSpecError(describe(error, JobSpec)) from None
+    problems = job_problems(spec, build=build, data=not recorded)
     if problems:
         raise JobSpecError(problems)
     return spec
@@ -80,26 +81,6 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         node[leaf] = parse_yaml(text, f"--set {key.strip()}")
     except YamlInputError as error:
         raise JobSpecError([str(error)]) from None
-
-
-def _describe(error: ValidationError) -> list[str]:
-    problems = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"] if not _is_union_tag(part))
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{location}: unknown key (value {item['input']!r}); remove it or check the spelling")
-        elif item["type"] == "missing":
-            problems.append(f"{location}: required key is missing")
-        elif location:
-            problems.append(f"{location}: {message} (got {item['input']!r})")
-        else:
-            problems.extend(message.splitlines())
-    return problems
-
-
-def _is_union_tag(part: Any) -> bool:
-    return isinstance(part, str) and part in strategies.STRATEGY_REGISTRY
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 import models
 import strategies
+from orchestrator.config.messages import did_you_mean
 from orchestrator.data.formats import BUILTIN_SOURCES, FILE_FORMATS
 
 
@@ -286,7 +287,8 @@ class JobSpec(Section):
         name = strategy.get("name") if isinstance(strategy, dict) else None
         if name is not None and (not isinstance(name, str) or name not in strategies.STRATEGY_REGISTRY):
             valid = ", ".join(sorted(strategies.STRATEGY_REGISTRY))
-            raise ValueError(f"strategy.name: unknown strategy {name!r}; registered strategies: {valid}")
+            hint = did_you_mean(name, strategies.STRATEGY_REGISTRY)
+            raise ValueError(f"strategy.name: unknown strategy {name!r}{hint}; registered strategies: {valid}")
         return raw
 
     @model_validator(mode="after")

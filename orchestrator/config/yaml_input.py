@@ -53,11 +53,24 @@ def parse_yaml(data: bytes | str, what: str) -> Any:
     except YamlInputError as error:
         raise YamlInputError(f"{what}: {error}") from None
     except yaml.YAMLError as error:
-        raise YamlInputError(f"{what}: not valid YAML: {error}") from None
+        raise YamlInputError(_syntax_error(error, data, what)) from None
     except RecursionError:
         raise YamlInputError(f"{what}: nested too deeply") from None
     _check_size(loaded, what)
     return loaded
+
+
+def _syntax_error(error: yaml.YAMLError, text: str, what: str) -> str:
+    """`what, line L, column C: problem`, then the line and a caret under the column."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return f"{what}: not valid YAML: {error}"
+    problem = getattr(error, "problem", None) or "not valid YAML"
+    context = getattr(error, "context", None)
+    lines = text.splitlines()
+    shown = lines[mark.line] if mark.line < len(lines) else ""
+    return (f"{what}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+            + (f" ({context})" if context else "") + f"\n    {shown}\n    {' ' * mark.column}^")
 
 
 def _check_size(value: Any, what: str) -> None:

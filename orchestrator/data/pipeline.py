@@ -42,6 +42,7 @@ class PreparedData:
     context: int | None = None
     label_values: list[Any] = field(default_factory=list)
     normalization: dict[str, tuple[float, float]] = field(default_factory=dict)
+    feature_columns: list[str] = field(default_factory=list)  # the model's inputs, in order
 
     def model_arguments(self) -> dict[str, int | None]:
         """The data-derived arguments a model factory may take."""
@@ -96,7 +97,7 @@ def prepare_data(spec: "JobSpec") -> PreparedData:
     output_dim = 1 if task == "regression" else _classes(train, validation)
     return PreparedData(
         train, validation, task, input_dim=len(features), output_dim=output_dim,
-        label_values=label_values, normalization=stats,
+        label_values=label_values, normalization=stats, feature_columns=features,
     )
 
 

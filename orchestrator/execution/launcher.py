@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.config.loading import dump_spec
 from orchestrator.config.spec import JobSpec
-from orchestrator.errors import RunDirError, TrainingError, VerificationError
+from orchestrator.errors import ResourceError, RunDirError, TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
 from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray, worker_env
@@ -51,6 +51,8 @@ class Launcher:
 
     def run(self) -> dict:
         refuse_ray_client(self.address)
+        if self.spec.scaling.use_gpu and not self.address:
+            _require_local_gpu()
         self._open_run_dir()
         started = self._started = time.time()
         _say(f"run directory: {self.run_dir}")
@@ -176,6 +178,15 @@ class _StopOnSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _require_local_gpu() -> None:
+    """An embedded Ray has this machine's GPUs only: none means the job cannot start."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ResourceError("scaling.use_gpu: true, and this machine has no GPU (CUDA is not available to "
+                            "torch); set it to false, or launch on a cluster with GPUs (--address)")
 
 
 def _describe_workers(resources: WorkerResources, strategy: str) -> str:

@@ -89,4 +89,19 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         train(worker)
     except Exception as error:
-        raise AttemptFailed(report_exception(error, worker.rank, worker.step)) from error
+        report = report_exception(error, worker.rank, worker.step)
+        _record_failure(worker, report, spec.failure.max_failures)
+        raise AttemptFailed(report) from error
+
+
+def _record_failure(worker, report, max_failures: int) -> None:
+    """Ray Train restarts the group on its own; what failed goes to events.jsonl from the
+    ranks that saw it (the summary keeps one per attempt), as the elastic controller's
+    failure events do. A rank killed outright writes nothing; its peers report it."""
+    from orchestrator.run.records import EventLog, RunRecords
+
+    attempt = max(1, sum(e["event"] == "started" for e in RunRecords(worker.run_dir).events()))
+    decision = ("failure.max_failures reached: the run fails" if attempt > max_failures
+                else "Ray Train restarts the worker group from the newest checkpoint")
+    EventLog(worker.run_dir).write("failure", attempt=attempt, decision=decision, error=report.text(),
+                                   **report.to_dict())

@@ -13,6 +13,7 @@
         events.jsonl        attempts, failures, checkpoints, finish   (driver and rank 0)
         summary.json        the outcome, written once at the end      (driver)
         model.safetensors   the final, unsharded weights              (rank 0)
+        model.json          what serving needs besides the weights    (rank 0)
         checkpoints/        the training state (see training/checkpoint.py)
         samples/            sample ids each rank trained on (train.audit_samples)
         chaos/              markers of injected faults that fired
@@ -97,6 +98,11 @@ class RunFiles:
     @property
     def weights(self) -> RunPath:
         return self.root / "model.safetensors"
+
+    @property
+    def model_card(self) -> RunPath:
+        """The model, its inputs, label values and normalisation: what serving needs."""
+        return self.root / "model.json"
 
     @property
     def checkpoints(self) -> RunPath:

@@ -5,6 +5,7 @@ from orchestrator.run.storage import RunPath
 
 from orchestrator.run.control import live_driver
 from orchestrator.run.records import RunRecords
+from orchestrator.run.summary import failures
 from orchestrator.training.checkpoint import CheckpointManager, verify
 
 ACTIVE_STATES = ("running", "scheduling", "restarting")
@@ -16,7 +17,8 @@ def read_status(run_dir: RunPath) -> dict:
     events = records.events()
     summary = records.summary()
     controller = records.controller_state()
-    checkpoints = [p for p in CheckpointManager.list_checkpoints(run_dir) if verify(p) is None]
+    # Only the newest valid checkpoint is shown: older ones are not read at all.
+    newest = next((p for p in reversed(CheckpointManager.list_checkpoints(run_dir)) if verify(p) is None), None)
     last = metrics[-1] if metrics else {}
     summary = summary if summary is not None and isinstance(summary.get("status"), str) else None
     controller = controller if isinstance(controller.get("state"), str) else {}
@@ -36,11 +38,13 @@ def read_status(run_dir: RunPath) -> dict:
         "step": last.get("step", 0),
         "world_size": last.get("world_size"),
         "restarts": records.restarts(),
-        "last_checkpoint": checkpoints[-1].name if checkpoints else None,
+        "failures": len(failures(records)),
+        "last_checkpoint": newest.name if newest is not None else None,
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
         "driver": _driver(run_dir) if state in ACTIVE_STATES else None,
         "started": _started(events),
+        "error": (summary.get("error") or "").splitlines()[0] or None if summary and state == "failed" else None,
     }
 
 

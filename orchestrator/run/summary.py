@@ -37,8 +37,12 @@ def failures(records: RunRecords) -> list[dict]:
     the decision), each with its recovery (from the first step record after it) when the
     run recovered from it."""
     recoveries = {r["failure"]["detected_at"]: r["failure"] for r in records.metrics() if "failure" in r}
-    found = []
+    found, attempts = [], set()
     for event in records.events():
+        if event["event"] == "failure" and "detected_at" not in event:  # Ray Train: each rank that saw it
+            if event.get("attempt") in attempts:
+                continue
+            attempts.add(event.get("attempt"))
         if event["event"] == "failure":
             recovery = recoveries.get(event.get("detected_at"), {})  # older runs did not write it
             failure = {k: v for k, v in event.items() if k not in ("event", "time", "failures")}

@@ -19,7 +19,7 @@ import strategies
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.planning.layout import BatchLayout, batch_layout
 from orchestrator.run.control import Directive, process_alive
-from orchestrator.run.export import write_weights
+from orchestrator.run.export import write_model_card, write_weights
 from orchestrator.run.files import RunFiles, flush_logs
 from orchestrator.run.records import EventLog, MetricsLog
 from orchestrator.training.audit import record_sample_ids
@@ -199,6 +199,7 @@ def export_weights(attempt: Attempt, step: int) -> None:
     weights = attempt.strategy.full_model_state()
     if attempt.w.rank == 0:
         write_weights(RunFiles(attempt.w.run_dir).weights, weights)
+        write_model_card(RunFiles(attempt.w.run_dir).model_card, attempt.w.spec, attempt.w.data)
         attempt.events.write("finished", step=step)
     barrier()
 

@@ -1,0 +1,165 @@
+"""What `validate`, `plan` and `launch` check about the data before anything starts.
+
+The pipeline (pipeline.py) finds a missing column or a text label only once Ray is up
+and Ray Data has read the data. Here the file's schema and its first SAMPLE_ROWS rows
+are read with pyarrow alone, in well under a second, and every problem the pipeline
+would raise is named with its key and the fix: columns, types, label encoding, missing
+values, the task, the source's options.
+
+Exercised by: pytest tests/test_data_checks.py
+"""
+from __future__ import annotations
+
+import difflib
+import io
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from orchestrator.data.sources import CHARS_DEFAULTS, SYNTHETIC_DEFAULTS
+
+if TYPE_CHECKING:
+    from orchestrator.config.spec import JobSpec
+
+SAMPLE_ROWS = 1000
+BUILTIN_OPTIONS = {"synthetic": SYNTHETIC_DEFAULTS, "chars": CHARS_DEFAULTS, "digits": {}}
+
+
+def data_problems(spec: "JobSpec") -> list[str]:
+    """Every problem with the job's data that the pipeline would meet, each one line."""
+    data = spec.data
+    task = spec.resolved_task
+    text = "tokenize_chars" in data.prepare
+    problems = _option_problems(data.source, data.options, text)
+    if task == "lm" and data.source != "chars" and not text:
+        problems.append("data.task: lm needs text: data.source: chars, or a file with a `text` column and "
+                        "data.prepare: [tokenize_chars]")
+    if not data.is_file:
+        if data.source != "chars" and data.label_column != "label":
+            problems.append(f"data.label_column: {data.source} has the column 'label', not {data.label_column!r}")
+        return problems
+    sample, problem = read_sample(spec)
+    if problem is not None:
+        return problems + [problem]
+    if text:
+        return problems + _text_problems(spec, sample, task)
+    return problems + _tabular_problems(spec, sample, task)
+
+
+def read_sample(spec: "JobSpec") -> tuple[pa.Table | None, str | None]:
+    """The first SAMPLE_ROWS rows of a file source, or why they cannot be read."""
+    path, kind = spec.data_path, spec.data.file_format
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            batches = pq.ParquetFile(path).iter_batches(batch_size=SAMPLE_ROWS)
+            first = next(batches, None)
+            return (pa.Table.from_batches([first]) if first is not None else pa.table({})), None
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            reader = pcsv.open_csv(path)
+            rows, batches = 0, []
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows >= SAMPLE_ROWS:
+                    break
+            return pa.Table.from_batches(batches, schema=reader.schema).slice(0, SAMPLE_ROWS), None
+        import pyarrow.json as pjson
+
+        with open(path, "rb") as handle:
+            head = b"".join(line for _, line in zip(range(SAMPLE_ROWS), handle))
+        return pjson.read_json(io.BytesIO(head)), None
+    except (OSError, pa.ArrowException) as error:
+        return None, f"data.source: cannot read {str(path)!r} as {kind}: {error}"
+
+
+def _option_problems(source: str, options: dict, text: bool) -> list[str]:
+    # A file's texts are cut to data.options.context bytes by tokenize_chars.
+    known = BUILTIN_OPTIONS.get(source, {"context": CHARS_DEFAULTS["context"]} if text else {})
+    unknown = sorted(set(options) - set(known))
+    if not unknown:
+        return []
+    return [f"data.options.{key}: unknown option for source {source!r}{_close(key, known)}; "
+            f"valid: {sorted(known) or 'none'}" for key in unknown]
+
+
+def _tabular_problems(spec: "JobSpec", sample: pa.Table, task: str) -> list[str]:
+    data = spec.data
+    columns = sample.column_names
+    problems = []
+    if data.label_column not in columns:
+        problems.append(f"data.label_column: {data.label_column!r} is not a column{_close(data.label_column, columns)}; "
+                        f"columns: {columns}")
+    if data.label_column not in columns and not data.feature_columns:
+        return problems  # the default features (all but the label) are unknown until it is named
+    features = data.feature_columns or [c for c in columns if c != data.label_column]
+    missing = [c for c in features if c not in columns]
+    for column in missing:
+        problems.append(f"data.feature_columns: {column!r} is not a column{_close(column, columns)}; columns: {columns}")
+    present = [c for c in features if c in columns]
+    text_features = [c for c in present if not _numeric(sample.schema.field(c).type)]
+    if text_features:
+        problems.append(f"data.feature_columns: {text_features} are not numbers; leave them out "
+                        "(list the numeric columns in data.feature_columns)")
+    if "dropna" not in data.prepare:
+        with_gaps = [c for c in present + ([data.label_column] if data.label_column in columns else [])
+                     if _has_gaps(sample.column(c))]
+        if with_gaps:
+            problems.append(f"data: columns {with_gaps} have missing values; add dropna to data.prepare")
+    if data.label_column in columns:
+        problems += _label_problems(spec, sample.column(data.label_column), task)
+    return problems
+
+
+def _label_problems(spec: "JobSpec", labels: pa.ChunkedArray, task: str) -> list[str]:
+    key = f"data.label_column: {spec.data.label_column!r}"
+    encoded = "encode_labels" in spec.data.prepare
+    if task == "regression":
+        if not _numeric(labels.type):
+            return [f"{key} holds {labels.type} values, not numbers a regression can fit; choose a numeric "
+                    "column, or data.task: classification"]
+        return []
+    if encoded:
+        return []
+    if not _numeric(labels.type):
+        return [f"{key} holds text labels ({labels.type}); add encode_labels to data.prepare"]
+    values = [v for v in labels.to_pylist() if v is not None]
+    if any(float(v) != int(v) or v < 0 for v in values):
+        return [f"{key} holds values that are not class ids (0, 1, ...); add encode_labels to data.prepare, "
+                "or data.task: regression"]
+    return []
+
+
+def _text_problems(spec: "JobSpec", sample: pa.Table, task: str) -> list[str]:
+    columns = sample.column_names
+    problems = []
+    if "text" not in columns:
+        problems.append(f"data.prepare: tokenize_chars reads a `text` column; columns: {columns}")
+    if task != "lm":
+        label = spec.data.label_column
+        if label not in columns:
+            problems.append(f"data.label_column: {label!r} is not a column{_close(label, columns)}; columns: {columns}")
+        else:
+            problems += _label_problems(spec, sample.column(label), task)
+    return problems
+
+
+def _has_gaps(column: pa.ChunkedArray) -> bool:
+    """Missing values: nulls, or NaN in a float column (what pandas writes for missing)."""
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        return True
+    return pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py() is True
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _close(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
