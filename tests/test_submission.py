@@ -22,7 +22,7 @@ from orchestrator.run.records import latest_per_step
 from orchestrator.run.storage import ObjectPath
 from tests.servers import moto_s3, ray_cluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "submitted-runs"
 STEPS = 100_000  # far more than the test waits for: it stops the run, then resumes it to a nearer end
