@@ -274,9 +274,9 @@ class SegmentLog:
     """One process's lines of a JSON-lines file on object storage.
 
     Object storage has no append: `PATH/` holds one object per writer and part,
-    `<start time>-<host>-<pid>-<part>.jsonl`, rewritten whole with every line so far by
-    a background thread every FLUSH_S seconds (or by `flush`): a writer never waits
-    for storage. A process killed outright loses at most its last FLUSH_S seconds of lines;
+    `<start time>-<host>-<pid>-<part>.jsonl`, that its writer rewrites whole with every
+    line so far, at most every FLUSH_S seconds (a background thread uploads what is
+    left). A process killed outright loses at most its last FLUSH_S seconds of lines;
     steps redone after a restart write their records again.
     """
 
@@ -291,8 +291,8 @@ class SegmentLog:
         self.lines: list[bytes] = []
         self.size = 0
         self.dirty = False
-        self.lock = threading.Lock()  # the lines; held briefly, by writers and the uploader
-        self.upload_lock = threading.Lock()  # one upload at a time, so a newer one is never overwritten
+        self.last_upload = 0.0
+        self.lock = threading.Lock()
 
     @classmethod
     def of(cls, folder: ObjectPath) -> "SegmentLog":
@@ -304,31 +304,23 @@ class SegmentLog:
             return cls._logs[key]
 
     def append(self, line: bytes) -> None:
-        """Never waits for storage: the background thread (or `flush`) uploads."""
         with self.lock:
             self.lines.append(line)
             self.size += len(line)
             self.dirty = True
+            due = time.monotonic() - self.last_upload >= FLUSH_S
+        if due:
+            self.flush()
 
     def flush(self) -> None:
-        with self.upload_lock:
-            with self.lock:
-                if not self.dirty:
-                    return
-                part, count = self.part, len(self.lines)
-                content = b"".join(self.lines)
-                self.dirty = False
-            try:
-                (self.folder / f"{self.writer}-{part:04d}.jsonl").write_bytes(content)
-            except OSError:
-                with self.lock:  # uploaded next time, with whatever came since
-                    self.dirty = True
-                raise
-            with self.lock:
-                if len(content) >= SEGMENT_BYTES:  # full: lines after it start the next part
-                    self.lines = self.lines[count:]
-                    self.size = sum(len(line) for line in self.lines)
-                    self.part = part + 1
+        with self.lock:
+            if not self.dirty:
+                return
+            (self.folder / f"{self.writer}-{self.part:04d}.jsonl").write_bytes(b"".join(self.lines))
+            self.dirty = False
+            self.last_upload = time.monotonic()
+            if self.size >= SEGMENT_BYTES:
+                self.part, self.lines, self.size = self.part + 1, [], 0
 
     @classmethod
     def read_segments(cls, folder: ObjectPath) -> list[tuple[str, list[bytes]]]:
