@@ -5,12 +5,14 @@ from strategies import hybrid  # noqa: F401  (registers "tensor", "pipeline", "h
 from strategies import sequential  # noqa: F401  (registers "sequential")
 from strategies import zero  # noqa: F401  (registers "zero")
 from strategies.base import StepShape, Strategy
+from strategies.block_compute import BlockCompute
 from strategies.mesh import LayoutError, ParallelDims
 from strategies.registry import STRATEGY_REGISTRY, StrategySpec, get_strategy, register_strategy
 from strategies.registry import Sharding
 
 __all__ = [
     "STRATEGY_REGISTRY",
+    "BlockCompute",
     "LayoutError",
     "ParallelDims",
     "Sharding",

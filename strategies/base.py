@@ -21,6 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from strategies.block_compute import BlockCompute, apply_block_compute
+from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -60,6 +62,7 @@ class Strategy:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler
         self.autocast_dtype: torch.dtype | None = None
         self.step_shape: StepShape | None = None
+        self.block_compute = BlockCompute()
         self._grad_bytes_at_step = 0
 
     # ---- layout -------------------------------------------------------------------
@@ -82,6 +85,10 @@ class Strategy:
         whose engine owns the step's arithmetic (DeepSpeed) build it from this."""
         self.step_shape = shape
 
+    def configure_compute(self, options: BlockCompute) -> None:
+        """Told once, before `setup`: recomputation and compilation of the blocks."""
+        self.block_compute = options
+
     def setup(
         self,
         model: nn.Module,
@@ -98,7 +105,9 @@ class Strategy:
         # bf16 is autocast over fp32 weights for every strategy: the replicated run's math,
         # with weights and gradients communicated in fp32. Set first: pipeline stages copy it.
         self.autocast_dtype = autocast_dtype_for(precision)
+        blocks = repeated_blocks(model)  # found on the model as built: wrappers hide its layout
         self.model = self.parallelize(model, device)
+        apply_block_compute(blocks, model, self.block_compute)  # after the split, as torchtitan
         # Built over the transformed parameters, so sharded parameters shard its state too.
         self.optimizer = make_optimizer(self.model.parameters())
         self.scheduler = make_scheduler(self.optimizer)
@@ -181,15 +190,16 @@ class Strategy:
         return {
             "params": sum(_local_bytes(p) for p in self.model.parameters()),
             "grads": self._grad_bytes_at_step,
-            "optimizer": sum(_local_bytes(v) for v in self._optimizer_state_tensors()),
+            "optimizer": sum(_local_bytes(v) for v in optimizer_state_tensors(self.optimizer)),
         }
-
-    def _optimizer_state_tensors(self) -> Iterator[torch.Tensor]:
-        for state in self.optimizer.state.values():
-            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
 
     def _gradient_bytes(self) -> int:
         return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    for state in optimizer.state.values():
+        yield from (v for v in state.values() if isinstance(v, torch.Tensor))
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:

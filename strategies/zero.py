@@ -39,8 +39,16 @@ import torch.distributed as dist
 from pydantic import Field
 from torch import nn
 
-from strategies.base import OptimizerFactory, SchedulerFactory, Strategy, autocast_dtype_for
+from strategies.base import (
+    OptimizerFactory,
+    SchedulerFactory,
+    Strategy,
+    autocast_dtype_for,
+    optimizer_state_tensors,
+)
 from strategies.compat import deepspeed as compat_deepspeed
+from strategies.block_compute import apply_block_compute
+from strategies.blocks import repeated_blocks
 from strategies.deepspeed_config import deepspeed_config
 from strategies.mesh import ParallelDims
 from strategies.registry import StrategyOptions, Sharding, StrategySpec, register_strategy
@@ -143,6 +151,7 @@ class ZeROStrategy(Strategy):
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         compat_deepspeed.forget_world_group()
         model = model.to(device)
+        apply_block_compute(repeated_blocks(model), model, self.block_compute)
         optimizer = make_optimizer(model.parameters())
         if self.options.offload != "none":
             optimizer = cpu_adam_like(optimizer)
@@ -222,7 +231,7 @@ class ZeROStrategy(Strategy):
         return {
             "params": held_bytes(parameter_tensors(self.engine)),
             "grads": self._grad_bytes_at_step,
-            "optimizer": held_bytes(self._optimizer_state_tensors()),
+            "optimizer": held_bytes(optimizer_state_tensors(self.optimizer)),
         }
 
     def _gradient_bytes(self) -> int:

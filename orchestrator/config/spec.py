@@ -136,6 +136,15 @@ class TrainSection(Section):
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward under autocast.")
     deterministic: bool = Field(True, description="Deterministic kernels (slower on GPU).")
+    compile: bool = Field(
+        False, description="torch.compile each block of the model (the whole model when it has "
+        "none), after the strategy wraps or shards it; the first steps pay the compilation."
+    )
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "none", description="Recompute activations in backward instead of keeping them: full "
+        "keeps only each block's input; selective keeps matrix products' and attention's outputs "
+        "and recomputes the element-wise ops."
+    )
     validate_every: int = Field(0, ge=0, description="Validate every N steps (0: only at the end).")
     log_every: int = Field(10, gt=0, description="Progress line every N steps when not on a terminal.")
     audit_samples: bool = Field(

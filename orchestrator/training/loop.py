@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import strategies
+from orchestrator.data.model_arguments import example_input
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.planning.layout import BatchLayout, batch_layout
 from orchestrator.run.control import Directive, process_alive
@@ -30,6 +31,7 @@ from orchestrator.training.collectives import all_reduce, barrier
 from orchestrator.training.context import WorkerContext
 from orchestrator.training.directives import DirectiveReader, RunTakenOver
 from orchestrator.training.evaluation import loss_function, validate
+from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
 from orchestrator.training.model import build_job_model
 
@@ -49,6 +51,8 @@ class Attempt:
     strategy: strategies.Strategy
     checkpoints: CheckpointManager
     events: EventLog
+    flops_per_sample: float | None = None  # counted on rank 0, which writes the metrics
+    peak_flops: float | None = None
 
 
 def train(w: WorkerContext) -> str:
@@ -65,7 +69,9 @@ def _train(w: WorkerContext) -> str:
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)
     checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size)
-    attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events)
+    flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
+    attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
+                      flops, peak_flops(w.device, spec.train.precision))
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
@@ -115,6 +121,9 @@ def build_strategy(w: WorkerContext, layout: BatchLayout) -> strategies.Strategy
     strategy.configure_steps(
         strategies.StepShape(layout.micro_batch, layout.accumulation, spec.train.grad_clip)
     )
+    strategy.configure_compute(
+        strategies.BlockCompute(spec.train.activation_checkpointing, spec.train.compile)
+    )
     strategy.setup(
         model,
         make_optimizer=lambda params: build_optimizer(spec, params),
@@ -123,6 +132,14 @@ def build_strategy(w: WorkerContext, layout: BatchLayout) -> strategies.Strategy
         precision=spec.train.precision,
     )
     return strategy
+
+
+def count_flops(w: WorkerContext) -> float | None:
+    """Training FLOPs per sample of the job's model (orchestrator/training/flops.py)."""
+    arguments = w.data.model_arguments()
+    with torch.device("meta"):
+        model = build_job_model(w.spec, arguments)
+    return flops_per_sample(model, example_input(w.spec, arguments, 1))
 
 
 def resume(attempt: Attempt) -> int:
@@ -171,6 +188,8 @@ def step_record(attempt: Attempt, sampler, step: int, loss: float, lr: float,
     if grad_norm is not None:
         record["grad_norm"] = grad_norm
     record.update({f"mem_{k}_bytes": v for k, v in strategy.memory_bytes().items()})
+    record.update(utilisation(attempt.flops_per_sample, record["samples_per_s"],
+                              attempt.w.world_size, attempt.peak_flops))
     record.update(strategy.metrics())
     return record
 
