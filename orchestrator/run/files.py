@@ -274,15 +274,17 @@ class SegmentLog:
     """One process's lines of a JSON-lines file on object storage.
 
     Object storage has no append: `PATH/` holds one object per writer and part,
-    `<start time>-<host>-<pid>-<part>.jsonl`, that its writer rewrites whole with every
-    line so far, at most every FLUSH_S seconds (a background thread uploads what is
-    left). A process killed outright loses at most its last FLUSH_S seconds of lines;
-    steps redone after a restart write their records again.
+    `<start time>-<host>-<pid>-<part>.jsonl`, rewritten whole with every line so far by a
+    background thread: at once after a quiet spell (a short-lived command's one request
+    is visible at once), then at most every FLUSH_S seconds. A writer never waits for
+    storage, so a training step never does. A process killed outright loses at most its
+    last FLUSH_S seconds of lines; steps redone after a restart write their records again.
     """
 
     _logs: dict[str, "SegmentLog"] = {}
     _guard = threading.Lock()
     _flusher: threading.Thread | None = None
+    _wake = threading.Event()
 
     def __init__(self, folder: ObjectPath) -> None:
         self.folder = folder
@@ -291,8 +293,8 @@ class SegmentLog:
         self.lines: list[bytes] = []
         self.size = 0
         self.dirty = False
-        self.last_upload = 0.0
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the lines; held briefly, by writers and the uploader
+        self.upload_lock = threading.Lock()  # one upload at a time: an older never overwrites a newer
 
     @classmethod
     def of(cls, folder: ObjectPath) -> "SegmentLog":
@@ -308,19 +310,27 @@ class SegmentLog:
             self.lines.append(line)
             self.size += len(line)
             self.dirty = True
-            due = time.monotonic() - self.last_upload >= FLUSH_S
-        if due:
-            self.flush()
+        self._wake.set()
 
     def flush(self) -> None:
-        with self.lock:
-            if not self.dirty:
-                return
-            (self.folder / f"{self.writer}-{self.part:04d}.jsonl").write_bytes(b"".join(self.lines))
-            self.dirty = False
-            self.last_upload = time.monotonic()
-            if self.size >= SEGMENT_BYTES:
-                self.part, self.lines, self.size = self.part + 1, [], 0
+        """Upload the lines written so far, if any are new (on the caller's thread)."""
+        with self.upload_lock:
+            with self.lock:
+                if not self.dirty:
+                    return
+                part, count, content = self.part, len(self.lines), b"".join(self.lines)
+                self.dirty = False
+            try:
+                (self.folder / f"{self.writer}-{part:04d}.jsonl").write_bytes(content)
+            except OSError:
+                with self.lock:  # uploaded next time, with whatever came since
+                    self.dirty = True
+                raise
+            if len(content) >= SEGMENT_BYTES:  # full: lines after it start the next part
+                with self.lock:
+                    self.lines = self.lines[count:]
+                    self.size = sum(len(line) for line in self.lines)
+                    self.part = part + 1
 
     @classmethod
     def read_segments(cls, folder: ObjectPath) -> list[tuple[str, list[bytes]]]:
@@ -353,8 +363,10 @@ class SegmentLog:
 
         def loop() -> None:
             while True:
-                time.sleep(FLUSH_S)
+                cls._wake.wait()  # a line was written
+                cls._wake.clear()
                 cls.flush_all()
+                time.sleep(FLUSH_S)  # lines written meanwhile go up together
 
         cls._flusher = threading.Thread(target=loop, name="segment-log-flusher", daemon=True)
         cls._flusher.start()

@@ -1,0 +1,143 @@
+"""The orchestrator's per-step time and start-up against hand-written peers, side by side.
+
+The same DDP job three ways: `orchestrator launch` (embedded Ray, the elastic backend), a
+hand-written loop under torchrun, and a hand-written loop under Ray Train's TorchTrainer
+(benchmarks/peers/). MLP 256-1024-1024-10, AdamW, synthetic data, 2 workers of one
+thread each. Repeats alternate the three (each repeat starts with the next one), and
+every number is the median over the repeats.
+
+- step time: the median interval between consecutive steps' ends, after the first
+  WARMUP steps and without the last (which validates and checkpoints). Measured from
+  the wall-clock time each loop records when a step is done, so whatever a loop does
+  between steps (records, control, collectives of its own) is in it.
+- launch to first step: from starting the command to the end of step 1.
+
+    python benchmarks/step_tax.py                           # batches 256 and 2048, 3 repeats
+    python benchmarks/step_tax.py --batches 256 --repeats 1 --steps 60   # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "benchmarks" / "peers"
+RESULTS = ROOT / "benchmarks" / "results" / "step_tax.md"
+WARMUP = 10
+WORKERS = 2
+RUNNERS = ("orchestrator", "torchrun", "ray_train")
+
+
+def job_yaml(steps: int, global_batch: int) -> str:
+    sys.path.insert(0, str(PEERS))
+    from common import CLASSES, FEATURES, HIDDEN, LR, SAMPLES
+
+    return json.dumps({
+        "name": "step-tax",
+        "model": {"name": "mlp", "options": {"hidden": [HIDDEN, HIDDEN]}},
+        "data": {"source": "synthetic", "options": {"samples": SAMPLES, "features": FEATURES,
+                                                    "classes": CLASSES}},
+        "optimizer": {"name": "adamw", "lr": LR},
+        "train": {"steps": steps, "seed": 0, "global_batch_size": global_batch,
+                  "micro_batch_size": global_batch // WORKERS},
+        "strategy": {"name": "ddp"},
+        "scaling": {"workers": WORKERS},
+        "checkpoint": {"every_steps": 0},
+    })  # JSON is YAML
+
+
+def command(runner: str, work: Path, steps: int, global_batch: int) -> list[str]:
+    python = sys.executable
+    out = str(work / "peer.json")
+    if runner == "orchestrator":
+        job = work / "job.yaml"
+        job.write_text(job_yaml(steps, global_batch))
+        return [python, "-m", "orchestrator.cli", "launch", str(job), "--run-dir", str(work / "run")]
+    if runner == "torchrun":
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORKERS}",
+                str(PEERS / "torchrun_ddp.py"), "--steps", str(steps), "--global-batch", str(global_batch),
+                "--out", out]
+    return [python, str(PEERS / "ray_train_ddp.py"), "--workers", str(WORKERS), "--steps", str(steps),
+            "--global-batch", str(global_batch), "--out", out]
+
+
+def step_ends(runner: str, work: Path) -> list[float]:
+    if runner == "orchestrator":
+        lines = (work / "run" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["time"] for line in lines]
+    return json.loads((work / "peer.json").read_text())["step_ends"]
+
+
+def measure(runner: str, steps: int, global_batch: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"tax-{runner}-") as scratch:
+        work = Path(scratch)
+        started = time.time()
+        result = subprocess.run(command(runner, work, steps, global_batch), cwd=ROOT,
+                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if result.returncode != 0:
+            raise RuntimeError(f"{runner} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        ends = step_ends(runner, work)
+    intervals = [b - a for a, b in zip(ends, ends[1:])][WARMUP:-1]
+    return {"step_ms": 1000 * statistics.median(intervals), "first_step_s": ends[0] - started}
+
+
+def render(args, table: dict) -> str:
+    lines = [
+        "# Per-step time and start-up against hand-written loops",
+        "",
+        f"DDP, MLP 256-1024-1024-10, AdamW, {WORKERS} workers of one thread, {args.steps} steps; "
+        f"median of {args.repeats} alternating repeats (each repeat's value in brackets). "
+        f"Machine: {os.cpu_count()} cores.",
+        "",
+        "    " + shlex.join(["python", "benchmarks/step_tax.py", *sys.argv[1:]]),
+        "",
+        "| global batch | runner | step (ms) | vs torchrun | vs Ray Train | launch to first step (s) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for batch, runs in table.items():
+        median = {r: statistics.median(m["step_ms"] for m in runs[r]) for r in runs}
+        for runner in RUNNERS:
+            each = ", ".join(f"{m['step_ms']:.1f}" for m in runs[runner])
+            first = statistics.median(m["first_step_s"] for m in runs[runner])
+            lines.append(
+                f"| {batch} | {runner} | {median[runner]:.1f} ({each}) | "
+                f"{median[runner] / median['torchrun']:.3f} | {median[runner] / median['ray_train']:.3f} | "
+                f"{first:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="256,2048")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    runners = args.runners.split(",")
+    table: dict[int, dict[str, list[dict]]] = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        table[batch] = {r: [] for r in runners}
+        for repeat in range(args.repeats):
+            order = runners[repeat % len(runners):] + runners[:repeat % len(runners)]
+            for runner in order:
+                numbers = measure(runner, args.steps, batch)
+                table[batch][runner].append(numbers)
+                print(json.dumps({"batch": batch, "repeat": repeat, "runner": runner, **numbers}), flush=True)
+    if set(runners) == set(RUNNERS):
+        report = render(args, table)
+        args.out.write_text(report)
+        print(report)
+
+
+if __name__ == "__main__":
+    main()
