@@ -149,13 +149,16 @@ def test_malformed_requests_are_set_aside_and_the_run_finishes_bitwise(long_unin
 def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_path):
     from ray.cluster_utils import Cluster
 
+    steps = 1200
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
         cluster.wait_for_nodes()
         # plain SGD keeps the fp32 rounding differences of another accumulation split
         # from compounding over hundreds of steps
-        overrides = ["train.steps=800", "optimizer.momentum=0", "optimizer.lr=0.02",
+        # Long enough at one worker for a new node's worker to start on a busy machine
+        # (it grows back at the first checkpoint boundary after that).
+        overrides = [f"train.steps={steps}", "optimizer.momentum=0", "optimizer.lr=0.02",
                      "checkpoint.every_steps=5", "scaling.workers=[1,2]",
                      "scaling.spares=0", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
                      "train.audit_samples=true"]
@@ -182,7 +185,7 @@ def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_p
     assert failure["detected_at"] - removed_at < 15
 
     # the same losses as the uninterrupted 2-worker run: same global batch, same order
-    spec = make_spec(json_job(), train__steps=800, optimizer__momentum=0, optimizer__lr=0.02)
+    spec = make_spec(json_job(), train__steps=steps, optimizer__momentum=0, optimizer__lr=0.02)
     reference = train_in_processes(spec, prepared(spec), 2, tmp_path / "reference")
     for got, want in zip(records, reference, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), f"step {got['step']}"
@@ -199,7 +202,7 @@ def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_p
         if record["world_size"] == next(r["world_size"] for r in records if r["step"] == step):
             per_step[step] += record["ids"]
     sampler = GlobalBatchSampler(len(prepared(spec).train), 32, seed=3)
-    for epoch in range(800 // sampler.steps_per_epoch):
+    for epoch in range(steps // sampler.steps_per_epoch):
         steps = range(epoch * sampler.steps_per_epoch + 1, (epoch + 1) * sampler.steps_per_epoch + 1)
         used = [i for s in steps for i in per_step[s]]
         assert len(used) == len(set(used)) == sampler.steps_per_epoch * 32

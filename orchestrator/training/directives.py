@@ -1,7 +1,8 @@
 """The workers' side of the control channel: every rank acts on the same directive.
 
-Rank 0 reads `directive.json` after every step and shares it with every rank in one
-tiny all-reduce, so all ranks stop or resize after the same step.
+Rank 0 reads `directive.json` after every step; `agree` shares it with every rank in the
+one small all-reduce each step has anyway (the loss's), so all ranks stop or resize after
+the same step and the control channel costs no synchronisation of its own.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from orchestrator.run.control import Directive, read_directive
 from orchestrator.run.storage import is_remote
@@ -37,18 +37,12 @@ class DirectiveReader:
         self.rank = rank
         self.driver_alive = driver_alive
 
-    def poll(self) -> Directive:
+    def local(self) -> Directive:
+        """What this rank sees; `agree` makes it every rank's."""
         # Any rank on the driver's node can see it die; the file is rank 0's to read.
-        driver_gone = self.driver_alive is not None and not self.driver_alive()
-        if driver_gone:
-            local = Directive.ABANDON
-        elif self.rank == 0:
-            local = self._read()
-        else:
-            local = Directive.CONTINUE
-        value = torch.tensor([int(local)])
-        all_reduce(value, op=dist.ReduceOp.MAX)
-        return Directive(int(value))
+        if self.driver_alive is not None and not self.driver_alive():
+            return Directive.ABANDON
+        return self._read() if self.rank == 0 else Directive.CONTINUE
 
     def _read(self) -> Directive:
         when, directive = self.last_read
@@ -56,3 +50,15 @@ class DirectiveReader:
             directive = read_directive(self.run_dir, self.owner, self.attempt)
             self.last_read = (time.monotonic(), directive)
         return directive
+
+
+def agree(loss_sum: torch.Tensor, local: Directive) -> tuple[float, Directive]:
+    """What every rank must agree on after a step, in one all-reduce: the mean loss over
+    every rank's micro-batches (`loss_sum` is [sum of losses, count], float64), and the
+    strongest directive any rank saw (a vote per directive; the highest with a vote wins)."""
+    votes = torch.zeros(len(Directive), dtype=torch.float64)
+    votes[int(local)] = 1.0
+    packed = torch.cat([loss_sum, votes])
+    all_reduce(packed)
+    directive = max(d for d in Directive if packed[2 + int(d)] > 0)
+    return float(packed[0] / packed[1]), directive

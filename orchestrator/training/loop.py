@@ -27,9 +27,9 @@ from orchestrator.training.audit import record_sample_ids
 from orchestrator.training.batches import batch_tensors
 from orchestrator.training.chaos import Chaos
 from orchestrator.training.checkpoint import CheckpointManager, TrainerState
-from orchestrator.training.collectives import all_reduce, barrier
+from orchestrator.training.collectives import barrier
 from orchestrator.training.context import WorkerContext
-from orchestrator.training.directives import DirectiveReader, RunTakenOver
+from orchestrator.training.directives import DirectiveReader, RunTakenOver, agree
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
@@ -87,10 +87,10 @@ def _train(w: WorkerContext) -> str:
         w.step = step + 1
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
-        loss, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)
+        loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)
         step += 1
         elapsed = time.perf_counter() - started
-        directive = directives.poll()
+        loss, directive = agree(loss_sum, directives.local())
         if directive == Directive.ABANDON:
             raise RunTakenOver(f"{w.run_dir} is owned by a newer driver; this attempt stops")
         record = step_record(attempt, sampler, step, loss, lr, grad_norm, elapsed)
@@ -153,22 +153,24 @@ def resume(attempt: Attempt) -> int:
     return step
 
 
-def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[float, float | None]:
-    """One optimizer step over this rank's share of the global batch."""
+def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[torch.Tensor, float | None]:
+    """One optimizer step over this rank's share of the global batch; returns this rank's
+    [sum of micro-batch losses, count] (reduced over ranks by `agree`) and the grad norm."""
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
     if w.spec.train.audit_samples:
         record_sample_ids(w, step + 1, ids, strategy.dp_rank)
-    loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of micro-batch losses, count]
+    # Summed where the losses are (in float64, as Python floats would be): a GPU is not
+    # waited for after every micro-batch, only once the step is done.
+    total, count = torch.zeros((), dtype=torch.float64, device=w.device), 0
     micro_batches = np.split(ids, layout.accumulation)
     for i, micro_ids in enumerate(micro_batches):
         inputs, targets = batch_tensors(w.data.train, micro_ids, w.device)
         with strategy.accumulate(is_last_micro_batch=i == len(micro_batches) - 1):
             loss = strategy.forward_backward(inputs, targets, loss_fn, 1.0 / layout.accumulation)
         if strategy.computes_loss:
-            loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+            total, count = total + loss.detach().double(), count + 1
     grad_norm = strategy.step(w.spec.train.grad_clip)
-    all_reduce(loss_sum)
-    return float(loss_sum[0] / loss_sum[1]), grad_norm
+    return torch.tensor([float(total), count], dtype=torch.float64), grad_norm
 
 
 def step_record(attempt: Attempt, sampler, step: int, loss: float, lr: float,
