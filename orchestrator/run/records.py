@@ -21,8 +21,9 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, record: dict[str, Any]) -> None:
+        """A record's own `time` (when its step ended) is kept; else it is now."""
         if self.enabled:
-            append_jsonl(self.path, {**record, "time": time.time()})
+            append_jsonl(self.path, {"time": time.time(), **record})
 
 
 class EventLog:

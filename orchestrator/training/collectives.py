@@ -5,6 +5,8 @@ on the device the process group's backend needs and brings the result back.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -23,6 +25,20 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> None:
         tensor.copy_(moved.cpu())
     else:
         dist.all_reduce(tensor, op=op)
+
+
+def all_reduce_async(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start a sum all-reduce of a small CPU tensor over every rank; returns a function
+    that waits for it and gives the result (a CPU tensor). Until then the caller goes on:
+    later collectives on the group queue behind it, in the same order on every rank."""
+    if not is_distributed():
+        return lambda: tensor
+    if dist.get_backend() == "nccl":
+        moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        work = dist.all_reduce(moved, async_op=True)
+        return lambda: (work.wait(), moved.cpu())[1]
+    work = dist.all_reduce(tensor, async_op=True)
+    return lambda: (work.wait(), tensor)[1]
 
 
 def barrier() -> None:

@@ -1,8 +1,9 @@
 """The workers' side of the control channel: every rank acts on the same directive.
 
-Rank 0 reads `directive.json` after every step; `agree` shares it with every rank in the
-one small all-reduce each step has anyway (the loss's), so all ranks stop or resize after
-the same step and the control channel costs no synchronisation of its own.
+Rank 0 reads `directive.json` after every step; `start_agreement` shares it with every
+rank in the one small all-reduce each step has anyway (the loss's), so all ranks stop or
+resize after the same step, and `StepRecords` lets that all-reduce overlap the next step:
+the control channel and the loss record cost the ranks no meeting of their own.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from orchestrator.run.control import Directive, read_directive
 from orchestrator.run.storage import is_remote
-from orchestrator.training.collectives import all_reduce
+from orchestrator.training.collectives import all_reduce_async
 
 
 class RunTakenOver(RuntimeError):
@@ -52,13 +53,59 @@ class DirectiveReader:
         return directive
 
 
-def agree(loss_sum: torch.Tensor, local: Directive) -> tuple[float, Directive]:
-    """What every rank must agree on after a step, in one all-reduce: the mean loss over
-    every rank's micro-batches (`loss_sum` is [sum of losses, count], float64), and the
-    strongest directive any rank saw (a vote per directive; the highest with a vote wins)."""
+
+Agreement = Callable[[], tuple[float, Directive]]
+
+
+def start_agreement(loss_sum: torch.Tensor, local: Directive) -> Agreement:
+    """Start the one all-reduce of what every rank must agree on after a step; the
+    returned function waits for it and gives the mean loss over every rank's
+    micro-batches (`loss_sum` is [sum of losses, count], float64) and the strongest
+    directive any rank saw (a vote per directive; the highest with a vote wins)."""
     votes = torch.zeros(len(Directive), dtype=torch.float64)
     votes[int(local)] = 1.0
-    packed = torch.cat([loss_sum, votes])
-    all_reduce(packed)
-    directive = max(d for d in Directive if packed[2 + int(d)] > 0)
-    return float(packed[0] / packed[1]), directive
+    wait = all_reduce_async(torch.cat([loss_sum, votes]))
+
+    def answer() -> tuple[float, Directive]:
+        packed = wait()
+        directive = max(d for d in Directive if packed[2 + int(d)] > 0)
+        return float(packed[0] / packed[1]), directive
+
+    return answer
+
+
+class StepRecords:
+    """Writes each step's metrics record once its agreement is in, and says what the
+    controller asked.
+
+    A step's agreement runs while the next step computes, so the ranks meet once per
+    step (in the gradients' all-reduce), not twice: a record is written, and a
+    directive acted on, one step later. At a checkpoint boundary, and once a directive
+    has come, the step's own agreement is waited for at once: a checkpoint is never
+    written before the attempt knows it still owns the run, and a stop saves the step
+    it stops at with its record written.
+    """
+
+    def __init__(self, metrics, run_dir: Path) -> None:
+        self.metrics = metrics
+        self.run_dir = run_dir
+        self.pending: tuple[dict, Agreement] | None = None
+
+    def settle(self, record: dict, agreement: Agreement, at_once: bool) -> Directive:
+        """Hand over this step's record (without its loss) and agreement; returns the
+        strongest directive answered so far (CONTINUE when none is due yet)."""
+        directive = Directive.CONTINUE
+        if self.pending is not None:
+            directive = self._finish(*self.pending)
+            self.pending = None
+        if at_once or directive != Directive.CONTINUE:
+            return max(directive, self._finish(record, agreement))
+        self.pending = (record, agreement)
+        return directive
+
+    def _finish(self, record: dict, agreement: Agreement) -> Directive:
+        loss, directive = agreement()
+        if directive == Directive.ABANDON:
+            raise RunTakenOver(f"{self.run_dir} is owned by a newer driver; this attempt stops")
+        self.metrics.write({**record, "loss": loss})
+        return directive

@@ -27,9 +27,9 @@ from orchestrator.training.audit import record_sample_ids
 from orchestrator.training.batches import batch_tensors
 from orchestrator.training.chaos import Chaos
 from orchestrator.training.checkpoint import CheckpointManager, TrainerState
-from orchestrator.training.collectives import barrier
+from orchestrator.training.collectives import barrier, is_distributed
 from orchestrator.training.context import WorkerContext
-from orchestrator.training.directives import DirectiveReader, RunTakenOver, agree
+from orchestrator.training.directives import DirectiveReader, StepRecords, start_agreement
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
@@ -75,7 +75,7 @@ def _train(w: WorkerContext) -> str:
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
-    metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
+    records = StepRecords(MetricsLog(w.run_dir, enabled=w.rank == 0), w.run_dir)
     loss_fn = loss_function(w.data.task)
     directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank, _driver_watch(w))
     chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
@@ -90,16 +90,15 @@ def _train(w: WorkerContext) -> str:
         loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)
         step += 1
         elapsed = time.perf_counter() - started
-        loss, directive = agree(loss_sum, directives.local())
-        if directive == Directive.ABANDON:
-            raise RunTakenOver(f"{w.run_dir} is owned by a newer driver; this attempt stops")
-        record = step_record(attempt, sampler, step, loss, lr, grad_norm, elapsed)
+        agreement = start_agreement(loss_sum, directives.local())  # overlaps the next step
+        record = step_record(attempt, sampler, step, lr, grad_norm, elapsed)
         if _due(step, spec.train.validate_every) or step == spec.train.steps:
             record.update(validate(w, attempt.strategy, loss_fn))
         if failure is not None:
             record["failure"] = dict(failure, recovery_s=time.time() - failure["detected_at"])
             failure = None
-        metrics.write(record)
+        at_boundary = _due(step, spec.checkpoint.every_steps) or step == spec.train.steps
+        directive = records.settle(record, agreement, at_once=at_boundary or not is_distributed())
 
         # ---- checkpoint; act on the controller's directive ------------------------------
         resize_requested |= directive == Directive.RESIZE
@@ -173,13 +172,14 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[torch.
     return torch.tensor([float(total), count], dtype=torch.float64), grad_norm
 
 
-def step_record(attempt: Attempt, sampler, step: int, loss: float, lr: float,
+def step_record(attempt: Attempt, sampler, step: int, lr: float,
                 grad_norm: float | None, elapsed: float) -> dict[str, Any]:
-    """The metrics record of one step (validation and failure fields are added after)."""
+    """The metrics record of one step, when it ended (its loss, validation and failure
+    fields are added after)."""
     layout, strategy = attempt.layout, attempt.strategy
     record = {
         "step": step,
-        "loss": loss,
+        "time": time.time(),
         "lr": lr,
         "world_size": attempt.w.world_size,
         "samples_per_s": layout.global_batch / elapsed,

@@ -168,7 +168,9 @@ class ElasticController:
         self.pending_failure = {
             "detected_at": detected_at,
             "error": failure.headline(),
-            "last_step": RunRecords(self.run_dir).last_step(),
+            # The step before the one a rank was on is done, even where its record was still
+            # waiting for the step's all-reduce (training/directives.py: StepRecords).
+            "last_step": max(RunRecords(self.run_dir).last_step(), (failure.step or 1) - 1),
             "world_size_before": self.world_size,
         }
         return State.RESTARTING
