@@ -194,3 +194,15 @@ def test_a_run_on_s3_survives_a_killed_driver_and_resumes_bitwise_from_elsewhere
     assert_bitwise_equal(_weights(run_dir), _weights(reference))
     assert json.loads(RunFiles(run_dir).summary.read_text())["status"] == "finished"
     assert list(second.iterdir()) == [], "the resume wrote to local disk"
+
+
+def test_a_command_that_writes_one_line_and_exits_leaves_it_on_storage(s3):
+    # A short command (`orchestrator stop s3://...`) appends one request and exits: its
+    # line must be uploaded at exit while S3 still works, and the exit must not hang.
+    folder = f"s3://{BUCKET}/short-command/requests.jsonl"
+    code = ("from orchestrator.run.files import append_jsonl; from orchestrator.run.storage import run_path; "
+            f"append_jsonl(run_path({folder!r}), {{'stop': True}})")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **s3}, check=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert [r["stop"] for r in read_jsonl(run_path(folder))] == [True]

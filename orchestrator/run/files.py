@@ -370,6 +370,10 @@ class SegmentLog:
 
         cls._flusher = threading.Thread(target=loop, name="segment-log-flusher", daemon=True)
         cls._flusher.start()
+        # Exit handlers run last-registered first: registered now, after pyarrow's (it
+        # finalizes S3 at exit), the last lines go up while S3 still works. A command that
+        # wrote one request and exits at once would otherwise hang in that upload.
+        atexit.register(flush_logs)
 
 
 def flush_logs() -> None:
