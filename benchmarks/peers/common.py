@@ -63,3 +63,22 @@ class StepClock:
 
     def write(self) -> None:
         self.out.write_text(json.dumps({"step_ends": self.step_ends, "losses": self.losses}))
+
+
+def train(model, rank: int, world_size: int, steps: int, global_batch: int, out: Path) -> None:
+    """The plain loop both peers run once their launcher has wrapped `model` in DDP:
+    AdamW, one global batch split over the ranks per step; rank 0 writes the clock."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    inputs, targets = make_data()
+    clock = StepClock(out)
+    for step in range(steps):
+        ids = rank_batch(step, rank, world_size, global_batch)
+        loss = torch.nn.functional.cross_entropy(model(inputs[ids]), targets[ids])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clock.tick(float(loss))
+    if rank == 0:
+        clock.write()

@@ -20,25 +20,14 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     sys.path.insert(0, config["here"])
-    from common import LR, StepClock, build_model, make_data, rank_batch
+    from common import build_model, train
 
     torch.set_num_threads(1)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(build_model())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    inputs, targets = make_data()
-    clock = StepClock(Path(config["out"]))
-    for step in range(config["steps"]):
-        ids = rank_batch(step, rank, world_size, config["global_batch"])
-        loss = torch.nn.functional.cross_entropy(model(inputs[ids]), targets[ids])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clock.tick(float(loss))
-    if rank == 0:
-        clock.write()
+    train(model, rank, world_size, config["steps"], config["global_batch"], Path(config["out"]))
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LR, StepClock, build_model, make_data, rank_batch  # noqa: E402
+from common import build_model, train  # noqa: E402
 
 
 def main() -> None:
@@ -30,18 +30,7 @@ def main() -> None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = DistributedDataParallel(build_model())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    inputs, targets = make_data()
-    clock = StepClock(args.out)
-    for step in range(args.steps):
-        ids = rank_batch(step, rank, world_size, args.global_batch)
-        loss = torch.nn.functional.cross_entropy(model(inputs[ids]), targets[ids])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clock.tick(float(loss))
-    if rank == 0:
-        clock.write()
+    train(model, rank, world_size, args.steps, args.global_batch, args.out)
     dist.destroy_process_group()
 
 
