@@ -6,6 +6,7 @@ never in `if strategy == ...` branches of the loop or the controller.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -28,6 +30,9 @@ from strategies.mesh import ParallelDims
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Writes a snapshot of the training state; its argument is the process group for the
+# write's own collectives (None: every rank's default group).
+StateWriter = Callable[..., None]
 
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified
 # name ("state.layers.3.fc.weight.exp_avg", "param_groups.layers.3.fc.weight.lr"), not as
@@ -35,6 +40,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # group lists each stage wrote would collide in the checkpoint (one copy of a key is kept).
 # Per-parameter keys load under any layout, as torchtitan saves pipeline checkpoints.
 STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+FULL_STATE_ON_HOST = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,7 @@ class Strategy:
     """One worker's view of a parallelism strategy.
 
     Lifecycle: `setup` once, then per optimizer step `forward_backward` for each
-    micro-batch inside `accumulate(...)`, then `step`. `save`/`load` move the
-    model and optimizer state through a checkpoint directory shared by all ranks.
+    micro-batch inside `accumulate(...)`, then `step`; `snapshot`/`load` for checkpoints.
     """
 
     def __init__(self, dims: ParallelDims) -> None:
@@ -167,17 +172,19 @@ class Strategy:
             self.model.train()
 
     # ---- state ------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        """Write model, optimizer and schedule state into `directory` (every rank)."""
-        save_distributed(self.model, self.optimizer, self.scheduler, directory)
+    def snapshot(self, directory: Path, copy: bool) -> StateWriter:
+        """The state as it is now, and the function that writes it into `directory` (every
+        rank). With `copy` it is copied into host memory first: the write may then run
+        while training goes on."""
+        copier = host_copier(next(self.model.parameters()).device) if copy else None
+        return snapshot_distributed(self.model, self.optimizer, self.scheduler, directory, copier)
 
     def load(self, directory: Path) -> None:
         load_distributed(self.model, self.optimizer, self.scheduler, directory)
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The unsharded model weights, gathered on every rank (call on all ranks)."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.model, options=options)
+        return get_model_state_dict(self.model, options=FULL_STATE_ON_HOST)
 
     # ---- accounting -----------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -212,16 +219,30 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16}[precision]
 
 
-def save_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:
-    """Write model and optimizer state with torch.distributed.checkpoint, which stores
-    each shard once and lets another layout or world size load it."""
+def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                         directory: Path, copier: DefaultStager | None) -> StateWriter:
+    """Model and optimizer state for torch.distributed.checkpoint, which stores each
+    shard once and lets another layout or world size load it; copied by `copier` into
+    host memory first when given (dcp's own stager: tensors, DTensor shards and the
+    schedule's plain values, into buffers it reuses from one save to the next)."""
     model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
-    dcp.save(state, checkpoint_id=str(directory))
+    if copier is not None:
+        state = copier.stage(state)
+    return lambda group=None: dcp.save(state, checkpoint_id=str(directory), process_group=group)
+
+
+@functools.cache
+def host_copier(device: torch.device) -> DefaultStager:
+    """Copies state to host memory, into buffers it keeps from one save to the next:
+    pinned, with copies the device is synchronised on once, for an accelerator."""
+    on_device = device.type != "cpu"
+    return DefaultStager(StagingOptions(use_pinned_memory=on_device, use_shared_memory=False,
+                                        use_async_staging=False, use_non_blocking_copy=on_device))
 
 
 def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:
-    """Load what `save_distributed` wrote, resharding to this layout."""
+    """Load what `snapshot_distributed` wrote, resharding to this layout."""
     model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     dcp.load(state, checkpoint_id=str(directory))

@@ -42,6 +42,7 @@ from torch import nn
 from strategies.base import (
     OptimizerFactory,
     SchedulerFactory,
+    StateWriter,
     Strategy,
     autocast_dtype_for,
     optimizer_state_tensors,
@@ -208,8 +209,11 @@ class ZeROStrategy(Strategy):
         return float(self.engine.get_global_grad_norm())
 
     # ---- state ------------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
+    def snapshot(self, directory: Path, copy: bool) -> StateWriter:
+        # DeepSpeed writes its own files (its partitioned optimizer state among them) here
+        # and now, on the training thread; only the publication can run in the background.
         save_checkpoint(self.engine, directory)
+        return lambda group=None: None
 
     def load(self, directory: Path) -> None:
         load_checkpoint(self.engine, directory, self.dp_size, self.options.stage)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from orchestrator.training.checkpoint import CheckpointManager, verify
+from orchestrator.training.checkpoint import CheckpointManager, TrainerState, verify
 from tests.distributed import (
-    assert_bitwise_equal, final_weights, make_spec, read_metrics, train_in_processes, train_with_restarts,
+    assert_bitwise_equal, final_weights, make_spec, read_metrics, run_processes, train_in_processes,
+    train_with_restarts,
 )
 from tests.jobs import MLP_JOB
 
@@ -104,3 +106,100 @@ def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, 
     killed = make_spec(JOB, strategy=strategy, scaling__workers=workers, chaos__kill_worker_at_steps=[15])
     assert train_with_restarts(killed, prepared(spec), [workers, workers], tmp_path / "killed") == 1
     assert_bitwise_equal(final_weights(tmp_path / "killed"), final_weights(tmp_path / "uninterrupted"))
+
+
+# ---- background saves -------------------------------------------------------------------------
+def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str):
+    """Take one step, start a background checkpoint of it, change the weights before the
+    write can run, and return this rank's weights as they were at the checkpoint's step."""
+    import threading
+
+    import torch
+
+    from orchestrator.planning.layout import batch_layout
+    from orchestrator.training.context import WorkerContext
+    from orchestrator.training.loop import build_strategy
+
+    w = WorkerContext(spec=spec, run_dir=Path(run_dir), data=data, rank=rank,
+                      world_size=world_size, device=torch.device("cpu"))
+    strategy = build_strategy(w, batch_layout(spec, world_size))
+    manager = CheckpointManager(w.run_dir, keep=2, rank=rank, world_size=world_size, background=True)
+    held = threading.Event()
+
+    def snapshot(folder, copy):
+        write = strategy.snapshot(folder, copy)
+        return lambda group=None: (held.wait(60), write(group))
+
+    manager.start_save(TrainerState(1, world_size, world_size, 0), snapshot)
+    at_save = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+    with torch.no_grad():
+        for parameter in strategy.model.parameters():
+            parameter.add_(1.0)  # what the next optimizer step would do, before the write
+    unpublished = CheckpointManager.list_checkpoints(w.run_dir)
+    held.set()
+    written = manager.wait()
+    return {"at_save": at_save, "unpublished": unpublished, "written": str(written)}
+
+
+def test_a_background_checkpoint_holds_the_state_of_its_step(prepared, tmp_path):
+    """The state is copied at the checkpoint's step: weights changed while the write is
+    still to come do not reach it, and nothing is published before every rank wrote."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    spec = make_spec(JOB)
+    results = run_processes(_save_then_train_on, 2, spec, prepared(spec), str(tmp_path))
+    assert [r["unpublished"] for r in results] == [[], []]
+    checkpoint = Path(results[0]["written"])
+    assert checkpoint.name == "step_00000001" and verify(checkpoint) is None
+    dcp_to_torch_save(checkpoint / "state", tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)["model"]
+    for name, tensor in results[0]["at_save"].items():
+        key = name.removeprefix("module.")
+        assert torch.equal(saved[key], tensor), key
+        assert not torch.equal(saved[key], tensor + 1.0)
+
+
+def test_an_error_in_a_background_save_is_raised_at_the_next_wait_and_publishes_nothing(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=2, rank=0, world_size=1, background=True)
+
+    def snapshot(folder, copy):
+        def write(group=None):
+            raise OSError("No space left on device")
+        return write
+
+    manager.start_save(TrainerState(5, 1, 1, 0), snapshot)
+    with pytest.raises(OSError, match="No space left"):
+        manager.wait()
+    assert CheckpointManager.list_checkpoints(tmp_path) == []
+    assert manager.wait() is None  # reported once
+
+
+def test_background_and_in_line_saves_write_the_same_checkpoints(prepared, uninterrupted, tmp_path):
+    """`checkpoint.async_save: false` writes before the next step; both runs train the same
+    losses and leave the same state in every checkpoint they keep."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    spec = make_spec(JOB, checkpoint__async_save=False)
+    assert spec.checkpoint.async_save is False and make_spec(JOB).checkpoint.async_save is True
+    in_line = train_in_processes(spec, prepared(spec), 2, tmp_path / "in_line")
+    background = read_metrics(uninterrupted)
+    assert [r["loss"] for r in in_line] == [r["loss"] for r in background]
+    names = [p.name for p in CheckpointManager.list_checkpoints(uninterrupted)]
+    assert names == [p.name for p in CheckpointManager.list_checkpoints(tmp_path / "in_line")] == [
+        "step_00000010", "step_00000020", "step_00000030"]
+    for name in names:
+        states = []
+        for run in (uninterrupted, tmp_path / "in_line"):
+            dcp_to_torch_save(run / "checkpoints" / name / "state", tmp_path / f"{name}.pt")
+            states.append(torch.load(tmp_path / f"{name}.pt", weights_only=True))
+        for part in ("model", "optim"):
+            background_state, in_line_state = states[0][part], states[1][part]
+            assert background_state.keys() == in_line_state.keys()
+            for key, value in background_state.items():  # tensors, and param-group numbers
+                same = torch.equal(value, in_line_state[key]) if torch.is_tensor(value) else value == in_line_state[key]
+                assert same, f"{name}: {part} {key} differs"
+    saves = [e for e in map(json.loads, (uninterrupted / "events.jsonl").read_text().splitlines())
+             if e["event"] == "checkpoint"]
+    assert [e["path"] for e in saves] == names and all(e["save_s"] >= 0 for e in saves)

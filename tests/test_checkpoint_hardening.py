@@ -122,7 +122,7 @@ def test_keep_1_with_a_corrupt_newest_checkpoint_keeps_each_valid_one_it_writes(
     resumed = CheckpointManager(tmp_path, keep=1, rank=0, world_size=1)
     assert resumed.latest_valid() is None
     events = [json.loads(line)["event"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert events == ["checkpoint_skipped", "checkpoint_none_valid"]
+    assert events == ["checkpoint", "checkpoint", "checkpoint_skipped", "checkpoint_none_valid"]
     # ...then trains from step 0: its first save survives, the corrupt one goes.
     written = _save(resumed, 2)
     assert CheckpointManager.list_checkpoints(tmp_path) == [written]

@@ -211,6 +211,11 @@ class CheckpointSection(Section):
 
     every_steps: int = Field(50, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep: int = Field(3, gt=0, description="Keep the newest K checkpoints.")
+    async_save: bool = Field(
+        True, description="Copy the state to host memory at the checkpoint's step and write "
+        "it in the background while training goes on (one save in flight at a time); false "
+        "writes it before the next step. ZeRO's state is written by DeepSpeed in line either way."
+    )
 
 
 class FailureSection(Section):

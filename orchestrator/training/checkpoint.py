@@ -6,6 +6,9 @@ Layout of one checkpoint, `RUN_DIR/checkpoints/step_00000050/`:
     rng/rank_N.pt   every RNG stream of rank N, as tensors (read with weights_only)
     manifest.json   size and sha256 of every file above; written last (manifest.py)
 
+A save copies the state at its step and writes it while training goes on
+(checkpoint_write.py); a checkpoint is either published whole or not there.
+
 In a local run directory, a checkpoint is built in a `.partial-*` directory, flushed
 to disk, and renamed into place only after every rank has finished and the manifest is
 written, so a crash mid-save leaves no directory that looks complete (and the next save
@@ -21,15 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
 import re
 import shutil
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -37,12 +38,12 @@ from orchestrator.run.files import RunFiles
 from orchestrator.run.records import EventLog
 from orchestrator.run.storage import ObjectPath, RunPath, remove_tree, run_path
 from orchestrator.training import checkpoint_transfer, manifest
-from orchestrator.training.collectives import barrier
+from orchestrator.training.checkpoint_write import PARTIAL, CheckpointWrites, Snapshot
+from orchestrator.training.rng_state import restore_rng
 
 log = logging.getLogger(__name__)
 
 PREFIX = "step_"
-PARTIAL = ".partial-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
@@ -63,7 +64,8 @@ class CheckpointManager:
     """Saves and finds checkpoints under `RUN_DIR/checkpoints`. Call `save` and
     `load_latest` on every rank; rank 0 does the file bookkeeping."""
 
-    def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int) -> None:
+    def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int,
+                 background: bool = False, timeout: timedelta = timedelta(minutes=30)) -> None:
         self.run_dir = run_path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
@@ -71,51 +73,33 @@ class CheckpointManager:
         self.world_size = world_size
         self.root.mkdir(parents=True, exist_ok=True)
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (path, manifest mtime) -> problem
-        self.remote = isinstance(self.root, ObjectPath)
         self._fetched: dict[str, Path] = {}  # remote checkpoint -> this rank's verified download
+        self.writes = CheckpointWrites(self.root, rank, background, timeout)
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> RunPath:
-        if self.remote:
-            return self._save_remote(state, save_strategy)
+        """Write a checkpoint of `state` now, the strategy's part by `save_strategy(folder)`;
+        returns it once published."""
+        self.start_save(state, lambda folder, copy: (save_strategy(folder), lambda group=None: None)[1])
+        return self.wait()
+
+    def start_save(self, state: TrainerState, snapshot: Snapshot) -> None:
+        """Begin a checkpoint of `state` (every rank; checkpoint_write.py): `snapshot(folder,
+        copy)` takes the strategy's state as it is now. At most one save is in flight."""
         final = self.root / f"{PREFIX}{state.step:08d}"
-        partial = self.root / f"{PARTIAL}{PREFIX}{state.step:08d}"
-        if self.rank == 0:
-            for stale in self.root.glob(f"{PARTIAL}*"):  # a save that crashed, this one's included
-                shutil.rmtree(stale, ignore_errors=True)
-            (partial / "rng").mkdir(parents=True)
-        barrier()
-        save_strategy(partial / "state")
-        torch.save(capture_rng(), partial / "rng" / f"rank_{self.rank}.pt")
-        barrier()
-        if self.rank == 0:
-            (partial / "trainer.json").write_text(state.to_json())
-            manifest.write_manifest(partial)  # fsyncs every file and folder first
-            shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
-            os.replace(partial, final)
-            manifest.fsync_path(self.root)
-            self._verdicts[self._key(final)] = None  # written and flushed just now
-            self._prune(keep_also=final)
-        barrier()
-        return final
+        self.writes.start(final, state.to_json(), snapshot, self._published)
 
-    def _save_remote(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> ObjectPath:
-        final = self.root / f"{PREFIX}{state.step:08d}"
+    def wait(self) -> RunPath | None:
+        """Wait for the save in flight: published, on rank 0; written, on the others.
+        Returns its checkpoint (None when none was in flight)."""
+        return self.writes.wait()
 
-        def write(staging: Path) -> None:
-            save_strategy(staging / "state")
-            (staging / "rng").mkdir()
-            torch.save(capture_rng(), staging / "rng" / f"rank_{self.rank}.pt")
-            if self.rank == 0:
-                (staging / "trainer.json").write_text(state.to_json())
-
-        files = checkpoint_transfer.stage_and_upload(final, self.rank, write)
-        if self.rank == 0:
-            manifest.publish(final, files)
-            self._verdicts[self._key(final)] = None  # uploaded and hashed just now
-            self._prune(keep_also=final)
-        barrier()
-        return final
+    def _published(self, final: RunPath, seconds: float) -> None:
+        """Rank 0, once `final` is valid: record it, then prune."""
+        self._verdicts[self._key(final)] = None  # written and checked just now
+        EventLog(self.run_dir).write("checkpoint", step=int(final.name[len(PREFIX):]),
+                                     path=final.name, save_s=round(seconds, 3))
+        self._prune(keep_also=final)
 
     def _prune(self, keep_also: RunPath) -> None:
         """Keep the newest `keep` valid checkpoints (the one just written among them);
@@ -216,29 +200,3 @@ def verify(directory: RunPath) -> str | None:
     if isinstance(directory, ObjectPath):
         return manifest.sizes_problem(directory)
     return manifest.check(directory)
-
-
-def capture_rng() -> dict:
-    """Every RNG stream of this process as tensors and numbers: a file that
-    `torch.load(weights_only=True)` reads back, with nothing to unpickle."""
-    version, words, gauss = random.getstate()
-    _, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    python, numpy = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["words"].tolist()), python["gauss"]))
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached_gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

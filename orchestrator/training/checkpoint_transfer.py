@@ -18,7 +18,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+
+from torch.distributed import ProcessGroup
 
 from orchestrator.run.storage import ObjectPath, remove_tree
 from orchestrator.training import manifest
@@ -31,29 +32,35 @@ def staging_root(checkpoints: ObjectPath, rank: int) -> Path:
     return Path(tempfile.gettempdir()) / f"orchestrator-{os.getuid()}" / "staging" / digest / f"rank_{rank}"
 
 
-def stage_and_upload(target: ObjectPath, rank: int, write: Callable[[Path], None]) -> dict[str, dict]:
-    """Replace `target` (rank 0 removes what an earlier save of it left) with what every
-    rank's `write(local folder)` writes there (call on every rank). Returns the manifest
-    entries of every file uploaded; nothing is left on local disk."""
+def begin_staging(target: ObjectPath, rank: int) -> Path:
+    """A fresh local folder for what this rank writes of `target`; rank 0 removes what an
+    earlier save of it left, unpublished until its manifest is written again (call on
+    every rank: they wait for each other)."""
     staging = staging_root(target.parent, rank) / target.name
     shutil.rmtree(staging.parent, ignore_errors=True)  # earlier saves and downloads of this rank
     staging.mkdir(parents=True)
     if rank == 0:
-        remove_tree(target)  # unpublished until its manifest is written again
+        remove_tree(target)
     barrier()
+    return staging
+
+
+def upload_staged(staging: Path, target: ObjectPath, rank: int,
+                  group: ProcessGroup | None = None) -> dict[str, dict]:
+    """Upload what this rank wrote under `staging` (`upload`) and remove it from local disk."""
     try:
-        write(staging)
-        return upload(staging, target, rank)
+        return upload(staging, target, rank, group)
     finally:
         shutil.rmtree(staging.parent, ignore_errors=True)
 
 
-def upload(staging: Path, target: ObjectPath, rank: int) -> dict[str, dict]:
-    """Upload what this rank wrote under `staging` to `target` (call on every rank).
-    A file more than one rank wrote is uploaded by the lowest of them. Returns every
-    rank's uploaded files as manifest entries (name -> size, sha256)."""
+def upload(staging: Path, target: ObjectPath, rank: int,
+           group: ProcessGroup | None = None) -> dict[str, dict]:
+    """Upload what this rank wrote under `staging` to `target` (call on every rank of
+    `group`). A file more than one rank wrote is uploaded by the lowest of them. Returns
+    every rank's uploaded files as manifest entries (name -> size, sha256)."""
     mine = {p.relative_to(staging).as_posix(): p for p in sorted(staging.rglob("*")) if p.is_file()}
-    claims = all_gather_object(sorted(mine))
+    claims = all_gather_object(sorted(mine), group)
     owner: dict[str, int] = {}
     for claimant, names in enumerate(claims):
         for name in names:
@@ -64,7 +71,7 @@ def upload(staging: Path, target: ObjectPath, rank: int) -> dict[str, dict]:
             uploaded[name] = manifest.entry(path)
             (target / name).upload(path)
     merged: dict[str, dict] = {}
-    for table in all_gather_object(uploaded):
+    for table in all_gather_object(uploaded, group):
         merged.update(table)
     return merged
 

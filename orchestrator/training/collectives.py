@@ -5,6 +5,7 @@ on the device the process group's backend needs and brings the result back.
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -41,15 +42,25 @@ def all_reduce_async(tensor: torch.Tensor) -> Callable[[], torch.Tensor]:
     return lambda: (work.wait(), tensor)[1]
 
 
-def barrier() -> None:
+def barrier(group: dist.ProcessGroup | None = None) -> None:
+    """Wait for every rank (of `group`, default: all of them)."""
     if is_distributed():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
-def all_gather_object(value):
+def all_gather_object(value, group: dist.ProcessGroup | None = None):
     """Every rank's `value`, in rank order ([value] without a process group)."""
     if not is_distributed():
         return [value]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, value, group=group)
     return gathered
+
+
+def side_group(timeout: timedelta) -> dist.ProcessGroup | None:
+    """A gloo group of every rank for collectives run on another thread than training's
+    (a background checkpoint): on a group of its own, their order never interleaves with
+    the training's. None without a process group. Call on every rank, in the same order."""
+    if not is_distributed():
+        return None
+    return dist.new_group(backend="gloo", timeout=timeout)

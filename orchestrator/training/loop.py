@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,9 @@ def _train(w: WorkerContext) -> str:
     spec = w.spec
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)
-    checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size)
+    checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size,
+                                    background=spec.checkpoint.async_save,
+                                    timeout=timedelta(seconds=spec.failure.collective_timeout_s))
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
     attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
                       flops, peak_flops(w.device, spec.train.precision))
@@ -198,14 +201,16 @@ def step_record(attempt: Attempt, sampler, step: int, lr: float,
 
 def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
                           resize_requested: bool) -> str | None:
-    """Checkpoint at a boundary or on STOP; return the outcome that ends the attempt, if any."""
+    """Checkpoint at a boundary or on STOP; return the outcome that ends the attempt, if any.
+    A checkpoint is written in the background; whatever ends the attempt waits for it."""
     w, layout = attempt.w, attempt.layout
     last = step == w.spec.train.steps
     at_boundary = _due(step, w.spec.checkpoint.every_steps) or last
     if at_boundary or directive == Directive.STOP:
         state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
-        path = attempt.checkpoints.save(state, attempt.strategy.save)
-        attempt.events.write("checkpoint", step=step, path=path.name)
+        attempt.checkpoints.start_save(state, attempt.strategy.snapshot)
+    if last or directive == Directive.STOP or (resize_requested and at_boundary):
+        attempt.checkpoints.wait()
     if directive == Directive.STOP and not last:
         attempt.events.write("stopped", step=step)
         return Outcome.STOPPED

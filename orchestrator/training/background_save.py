@@ -1,0 +1,61 @@
+"""At most one checkpoint write in flight, on a thread of its own.
+
+A checkpoint is saved in two halves (checkpoint.py). On the training thread every rank
+copies its state into host memory and captures its RNG streams: the copy is what the
+checkpoint holds, so training may change the model as soon as it is taken. The second
+half (writing the copy, and on rank 0 publishing the checkpoint) runs here while
+training goes on. The next save, and anything that ends the attempt, waits for it
+first; an error it met is raised then, on the training thread, where the attempt fails
+as it would had the write failed in line.
+
+With `background=False` the second half runs in line, at once: the synchronous save.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+
+class BackgroundSaves:
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def start(self, finish: Callable[[], Any]) -> None:
+        """Run `finish` (in the background when enabled), after the one before it."""
+        self.wait()
+        if not self.background:
+            self._result = finish()
+            return
+        self._thread = threading.Thread(target=self._run, args=(finish,), daemon=True,
+                                        name="checkpoint-save")
+        self._thread.start()
+
+    def wait(self) -> Any:
+        """Wait for the save in flight; returns what it returned (None when there was none).
+
+        Raises:
+            Exception: what the save raised.
+        """
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        result, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise error
+        return result
+
+    @property
+    def in_flight(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, finish: Callable[[], Any]) -> None:
+        # A daemon thread: a rank whose attempt failed leaves a write that waits on a dead
+        # peer behind (it fails at the side group's timeout) and never publishes it.
+        try:
+            self._result = finish()
+        except BaseException as error:  # handed to the training thread by wait()
+            self._error = error

@@ -1,0 +1,115 @@
+"""Writing one checkpoint while training goes on: copied at its step, written, published.
+
+A save has two halves. On the training thread every rank takes its state as it is at
+the step (the strategy's `snapshot`, a copy in host memory) and its RNG streams: that
+is what the checkpoint holds, so training may change the model as soon as they are
+taken. The second half runs in the background (background_save.py): each rank writes
+its files from the copy into the checkpoint's `.partial-` folder (or, for a run on
+object storage, a local staging folder it then uploads), and rank 0 publishes the
+checkpoint (manifest last, rename into place) once every rank's files are written.
+Those background writes meet in a gloo group of their own, created for the attempt,
+so their collectives never interleave with the training's.
+
+At most one save is in flight; the next one, and whatever ends the attempt, waits for
+it. A rank that fails mid-write leaves the checkpoint unpublished: readers never see
+it, and the next save removes its folder. `checkpoint.async_save: false` runs the
+second half in line, and the state is then written without being copied.
+
+Exercised by: pytest tests/test_checkpoint.py -k background
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from orchestrator.run.storage import ObjectPath, RunPath
+from orchestrator.training import checkpoint_transfer, manifest
+from orchestrator.training.background_save import BackgroundSaves
+from orchestrator.training.collectives import barrier, side_group
+from orchestrator.training.rng_state import capture_rng
+
+PARTIAL = ".partial-"
+
+# Writes a snapshot of a strategy's state; its argument is the process group for the
+# write's own collectives (strategies.base.StateWriter).
+StateWriter = Callable[..., None]
+# (folder, copy) -> the writer of the strategy's state as it is now (Strategy.snapshot)
+Snapshot = Callable[[Path, bool], StateWriter]
+# Called on rank 0 once a checkpoint is valid, with how long its save took.
+Published = Callable[[RunPath, float], None]
+
+
+class CheckpointWrites:
+    """Checkpoint saves under `root`, one at a time; create on every rank together."""
+
+    def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta) -> None:
+        self.root = root
+        self.rank = rank
+        self.saves = BackgroundSaves(background)
+        self.group = side_group(timeout) if background else None
+
+    def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published) -> None:
+        """Begin the save of checkpoint `final` (every rank): its state by `snapshot`,
+        its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid."""
+        self.saves.wait()
+        folder = self._begin(final)
+        write_state = snapshot(folder / "state", self.saves.background)
+        rng, started = capture_rng(), time.monotonic()
+
+        def finish() -> RunPath:
+            write_state(self.group)
+            (folder / "rng").mkdir(exist_ok=True)
+            torch.save(rng, folder / "rng" / f"rank_{self.rank}.pt")
+            if self.rank == 0:
+                (folder / "trainer.json").write_text(trainer_json)
+            if isinstance(final, ObjectPath):  # the upload's gathers tell rank 0 all are done
+                files = checkpoint_transfer.upload_staged(folder, final, self.rank, self.group)
+            else:
+                files = None
+                barrier(self.group)
+            if self.rank == 0:
+                make_valid(folder, final, files)
+                published(final, time.monotonic() - started)
+            return final
+
+        self.saves.start(finish)
+
+    def wait(self) -> RunPath | None:
+        """Wait for the save in flight; returns its checkpoint (None when none was).
+
+        Raises:
+            Exception: what writing it raised.
+        """
+        return self.saves.wait()
+
+    def _begin(self, final: RunPath) -> Path:
+        """The local folder this rank writes `final` into: a fresh `.partial-` folder
+        beside it, or on object storage a staging folder of this rank (every rank)."""
+        if isinstance(final, ObjectPath):
+            return checkpoint_transfer.begin_staging(final, self.rank)
+        partial = self.root / f"{PARTIAL}{final.name}"
+        if self.rank == 0:
+            for stale in self.root.glob(f"{PARTIAL}*"):  # a save that crashed, this one's included
+                shutil.rmtree(stale, ignore_errors=True)
+            (partial / "rng").mkdir(parents=True)
+        barrier()
+        return partial
+
+
+def make_valid(folder: Path, final: RunPath, uploaded: dict | None) -> None:
+    """Publish checkpoint `final` from what every rank wrote: on object storage the
+    manifest of the `uploaded` files; locally the manifest of `folder`, which is then
+    renamed into place."""
+    if uploaded is not None:
+        manifest.publish(final, uploaded)
+        return
+    manifest.write_manifest(folder)  # fsyncs every file and folder first
+    shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
+    os.replace(folder, final)
+    manifest.fsync_path(final.parent)
