@@ -4,8 +4,9 @@ One DDP job, `orchestrator launch` on the embedded Ray, twice per repeat: with
 `checkpoint.async_save: true` (the state copied to host memory at the step and written
 in the background) and `false` (written before the next step). MLP
 1024-2048-2048-1024-10 (8.4M parameters), AdamW: 100.7 MB of training state
-(parameters and both moments); 2 workers of one thread, global batch 256, a
-checkpoint every 20 steps. Repeats alternate the two modes.
+(parameters and both moments); global batch 256 (or --batch), a checkpoint every 20 steps; at 2
+workers of one thread (every core of a 2-core machine trains) and at 1 (a core left
+over, as the cores of a GPU worker's host are). Repeats alternate the modes.
 
 Times are intervals between consecutive steps' ends (the wall-clock time each metrics
 record keeps), so whatever runs between steps is in them:
@@ -16,7 +17,8 @@ record keeps), so whatever runs between steps is in them:
 - the next steps: the AFTER intervals after it, while a background write runs;
 - save: from the save's start to its publication (events.jsonl, `save_s`).
 
-    python benchmarks/checkpoint_stall.py                 # 3 repeats, 100 steps
+    python benchmarks/checkpoint_stall.py                 # 3 repeats, 100 steps, batch 256
+    python benchmarks/checkpoint_stall.py --batch 1024    # longer steps, the same state
     python benchmarks/checkpoint_stall.py --repeats 1     # a quick look
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "checkpoint_stall.md"
+RESULTS = ROOT / "benchmarks" / "results"
 WARMUP = 5
 AFTER = 3
 EVERY = 20
@@ -46,24 +48,24 @@ def state_megabytes() -> float:
     return 3 * 4 * parameters / 1e6  # fp32 weights and AdamW's two moments
 
 
-def job_yaml(steps: int, background: bool) -> str:
+def job_yaml(steps: int, background: bool, workers: int, batch: int) -> str:
     return json.dumps({
         "name": "checkpoint-stall",
         "model": {"name": "mlp", "options": {"hidden": HIDDEN}},
         "data": {"source": "synthetic", "options": {"samples": 4096, "features": FEATURES,
                                                     "classes": CLASSES}},
         "optimizer": {"name": "adamw", "lr": 0.001},
-        "train": {"steps": steps, "seed": 0, "global_batch_size": 256, "micro_batch_size": 128},
+        "train": {"steps": steps, "seed": 0, "global_batch_size": batch, "micro_batch_size": batch // workers},
         "strategy": {"name": "ddp"},
-        "scaling": {"workers": 2},
+        "scaling": {"workers": workers},
         "checkpoint": {"every_steps": EVERY, "keep": 2, "async_save": background},
     })  # JSON is YAML
 
 
-def measure(steps: int, background: bool) -> dict:
+def measure(steps: int, background: bool, workers: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="stall-") as scratch:
         work = Path(scratch)
-        (work / "job.yaml").write_text(job_yaml(steps, background))
+        (work / "job.yaml").write_text(job_yaml(steps, background, workers, batch))
         command = [sys.executable, "-m", "orchestrator.cli", "launch", str(work / "job.yaml"),
                    "--run-dir", str(work / "run")]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
@@ -86,27 +88,28 @@ def measure(steps: int, background: bool) -> dict:
     }
 
 
-def render(args, runs: dict[str, list[dict]]) -> str:
+def render(args, runs: dict[tuple[int, str], list[dict]]) -> str:
     lines = [
         "# Checkpoint stall: background saves against in-line ones",
         "",
         f"DDP, MLP 1024-2048-2048-1024-10, AdamW: {state_megabytes():.1f} MB of training state; "
-        f"2 workers of one thread, global batch 256, a checkpoint every {EVERY} steps, {args.steps} steps; "
-        f"{args.repeats} alternating repeats. Machine: {os.cpu_count()} cores.",
+        f"workers of one thread, global batch {args.batch}, a checkpoint every {EVERY} steps, {args.steps} steps; "
+        f"{args.repeats} alternating repeats. Machine: {os.cpu_count()} cores. Ratios are to the "
+        "median step of the same run.",
         "",
         "    " + shlex.join(["python", "benchmarks/checkpoint_stall.py", *sys.argv[1:]]),
         "",
-        "| mode | median step (ms) | checkpoint steps (ms, median) | ratio | worst ratio | "
+        "| workers | mode | median step (ms) | checkpoint steps (ms, median) | ratio | worst ratio | "
         f"next {AFTER} steps (ms) | save to published (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for mode, measured in runs.items():
+    for (workers, mode), measured in runs.items():
         median = statistics.median(m["median_ms"] for m in measured)
         held = [t for m in measured for t in m["checkpoint_ms"]]
         ratios = [t / m["median_ms"] for m in measured for t in m["checkpoint_ms"]]
         after = statistics.median(m["after_ms"] for m in measured)
         save = statistics.median(s for m in measured for s in m["save_s"])
-        lines.append(f"| {mode} | {median:.1f} | {statistics.median(held):.1f} | "
+        lines.append(f"| {workers} | {mode} | {median:.1f} | {statistics.median(held):.1f} | "
                      f"{statistics.median(ratios):.3f} | {max(ratios):.3f} | {after:.1f} | {save:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -115,17 +118,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--workers", default="2,1")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=None, help="default: results/checkpoint_stall_bBATCH.md")
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    names = list(MODES)
+    configurations = [(int(w), mode) for w in args.workers.split(",") for mode in MODES]
+    runs: dict[tuple[int, str], list[dict]] = {c: [] for c in configurations}
     for repeat in range(args.repeats):
-        for mode in names[repeat % 2:] + names[:repeat % 2]:
-            numbers = measure(args.steps, MODES[mode])
-            runs[mode].append(numbers)
-            print(json.dumps({"repeat": repeat, "mode": mode, **numbers}), flush=True)
+        shift = repeat % len(configurations)
+        for workers, mode in configurations[shift:] + configurations[:shift]:
+            numbers = measure(args.steps, MODES[mode], workers, args.batch)
+            runs[(workers, mode)].append(numbers)
+            print(json.dumps({"repeat": repeat, "workers": workers, "mode": mode, **numbers}), flush=True)
     report = render(args, runs)
-    args.out.write_text(report)
+    (args.out or RESULTS / f"checkpoint_stall_b{args.batch}.md").write_text(report)
     print(report)
 
 

@@ -13,15 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from strategies.block_compute import BlockCompute, apply_block_compute
 from strategies.blocks import repeated_blocks
@@ -39,8 +31,12 @@ StateWriter = Callable[..., None]
 # lists of param groups: pipeline stages hold different subsets of the parameters, and the
 # group lists each stage wrote would collide in the checkpoint (one copy of a key is kept).
 # Per-parameter keys load under any layout, as torchtitan saves pipeline checkpoints.
-STATE_DICT_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
-FULL_STATE_ON_HOST = StateDictOptions(full_state_dict=True, cpu_offload=True)
+def state_dict_options(**options):
+    """torch.distributed.checkpoint's StateDictOptions; the package is imported when a
+    checkpoint is first taken or loaded (half a second that a launch need not pay)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True, **options)
 
 
 @dataclass(frozen=True)
@@ -184,7 +180,7 @@ class Strategy:
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
         """The unsharded model weights, gathered on every rank (call on all ranks)."""
-        return get_model_state_dict(self.model, options=FULL_STATE_ON_HOST)
+        return gathered_state(self.model)
 
     # ---- accounting -----------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -204,6 +200,13 @@ class Strategy:
         return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)
 
 
+def gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s whole weights in host memory, gathered from every rank's shards."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=state_dict_options(full_state_dict=True, cpu_offload=True))
+
+
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
     for state in optimizer.state.values():
         yield from (v for v in state.values() if isinstance(v, torch.Tensor))
@@ -220,12 +223,15 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
 
 
 def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                         directory: Path, copier: DefaultStager | None) -> StateWriter:
+                         directory: Path, copier) -> StateWriter:
     """Model and optimizer state for torch.distributed.checkpoint, which stores each
     shard once and lets another layout or world size load it; copied by `copier` into
     host memory first when given (dcp's own stager: tensors, DTensor shards and the
     schedule's plain values, into buffers it reuses from one save to the next)."""
-    model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     if copier is not None:
         state = copier.stage(state)
@@ -233,9 +239,11 @@ def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, sch
 
 
 @functools.cache
-def host_copier(device: torch.device) -> DefaultStager:
+def host_copier(device: torch.device):
     """Copies state to host memory, into buffers it keeps from one save to the next:
     pinned, with copies the device is synchronised on once, for an accelerator."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
     on_device = device.type != "cpu"
     return DefaultStager(StagingOptions(use_pinned_memory=on_device, use_shared_memory=False,
                                         use_async_staging=False, use_non_blocking_copy=on_device))
@@ -243,7 +251,10 @@ def host_copier(device: torch.device) -> DefaultStager:
 
 def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:
     """Load what `snapshot_distributed` wrote, resharding to this layout."""
-    model_state, optim_state = get_state_dict(model, optimizer, options=STATE_DICT_OPTIONS)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     dcp.load(state, checkpoint_id=str(directory))
     set_state_dict(
@@ -251,6 +262,6 @@ def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
         optimizer,
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
-        options=STATE_DICT_OPTIONS,
+        options=state_dict_options(),
     )
     scheduler.load_state_dict(state["scheduler"])

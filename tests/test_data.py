@@ -132,3 +132,40 @@ def test_sampler_uses_each_sample_at_most_once_per_epoch_and_reshuffles():
 def test_sampler_refuses_a_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="train.global_batch_size"):
         GlobalBatchSampler(num_samples=10, global_batch=16, seed=0)
+
+
+@pytest.mark.parametrize("source,steps", [
+    ("digits", ["normalize"]),
+    ("synthetic", ["dropna", "encode_labels", "normalize"]),
+    ("chars", ["tokenize_chars"]),
+])
+def test_in_memory_preparation_gives_what_ray_data_gives(source, steps, monkeypatch, ray_session):
+    """A built-in source is prepared in this process (data/in_memory.py). The same table
+    handed to Ray Data, through the same pipeline, gives the same rows, split, labels and
+    statistics."""
+    import ray.data
+
+    from orchestrator.data import pipeline, sources
+    from orchestrator.data.in_memory import InMemoryDataset
+
+    job = {**TABLE_JOB, "model": {"name": "gpt" if source == "chars" else "mlp"}}
+    options = {"context": 16, "max_chars": 20000} if source == "chars" else {}
+    spec = make_spec(job, data={"source": source, "prepare": steps, "options": options})
+    assert isinstance(sources.read_source(spec), InMemoryDataset)
+    in_memory = prepare_data(spec)
+
+    table = sources.read_source(spec).to_pandas()
+    sources.configure_ray_data()
+    monkeypatch.setattr(pipeline, "read_source", lambda _: ray.data.from_pandas(table))
+    by_ray = prepare_data(spec)
+
+    for name in ("train", "validation"):
+        mine, theirs = getattr(in_memory, name), getattr(by_ray, name)
+        assert len(mine) > 0
+        np.testing.assert_allclose(mine.inputs, theirs.inputs, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(mine.targets, theirs.targets)
+    assert in_memory.label_values == by_ray.label_values
+    assert in_memory.normalization.keys() == by_ray.normalization.keys()
+    for column, (mean, std) in in_memory.normalization.items():
+        assert mean == pytest.approx(by_ray.normalization[column][0], rel=1e-9, abs=1e-12)
+        assert std == pytest.approx(by_ray.normalization[column][1], rel=1e-9)

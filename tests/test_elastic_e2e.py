@@ -109,7 +109,8 @@ def test_a_killed_driver_resumes_to_the_same_weights(long_uninterrupted, tmp_pat
 
     orchestrator("resume", str(run_dir))
     events = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "resumed"]
-    assert events and 50 <= events[-1]["step"] < 300
+    # Step 50's checkpoint, or step 40's when 50's was still being written in the background.
+    assert events and 40 <= events[-1]["step"] < 300
     assert_bitwise_equal(final_weights(run_dir), final_weights(reference))
 
 

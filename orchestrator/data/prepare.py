@@ -1,4 +1,5 @@
-"""Preparation steps over Ray Datasets, and the train/validation split.
+"""Preparation steps over Ray Datasets (or a table in memory: in_memory.py), and the
+train/validation split.
 
 The split is decided per row from a seeded hash of the row's content, so it is
 the same whatever Ray's block layout and wherever the row sits in the file.
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from orchestrator.data.in_memory import InMemoryDataset
 from orchestrator.errors import DataError
 
 if TYPE_CHECKING:
@@ -97,17 +99,25 @@ def split(ds: "ray.data.Dataset") -> tuple["ray.data.Dataset", "ray.data.Dataset
 
 
 def fit_normalizer(train: "ray.data.Dataset", columns: list[str]) -> dict[str, tuple[float, float]]:
-    """Per-column mean and standard deviation over the training split (Ray Data aggregates)."""
-    from ray.data.aggregate import Mean, Std
-
-    stats = train.aggregate(*[Mean(c) for c in columns], *[Std(c, ddof=0) for c in columns])
+    """Per-column mean and standard deviation over the training split (Ray Data's
+    aggregations, or pandas' for a table in memory)."""
+    moments = _mean_and_std(train, columns)
     result = {}
     for column in columns:
-        mean, std = stats[f"mean({column})"], stats[f"std({column})"]
+        mean, std = moments[column]
         if mean is None:
             raise DataError("data: the training split is empty; lower data.validation_fraction")
         result[column] = (float(mean), float(std) if std and std > 1e-12 else 1.0)
     return result
+
+
+def _mean_and_std(ds, columns: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    if isinstance(ds, InMemoryDataset):
+        return ds.mean_and_std(columns)
+    from ray.data.aggregate import Mean, Std
+
+    stats = ds.aggregate(*[Mean(c) for c in columns], *[Std(c, ddof=0) for c in columns])
+    return {c: (stats[f"mean({c})"], stats[f"std({c})"]) for c in columns}
 
 
 def normalize(ds: "ray.data.Dataset", stats: dict[str, tuple[float, float]]) -> "ray.data.Dataset":

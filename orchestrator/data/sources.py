@@ -8,6 +8,8 @@ own source files, present on every machine.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from orchestrator.data.in_memory import InMemoryDataset
 from orchestrator.errors import DataError
 
 if TYPE_CHECKING:
@@ -27,22 +30,36 @@ CHARS_DEFAULTS = {"context": 64, "max_chars": 400_000}
 
 
 def read_source(spec: "JobSpec") -> "ray.data.Dataset":
-    """The job's raw rows as a Ray Dataset (features and label columns, or `text`)."""
+    """The job's raw rows (features and label columns, or `text`): a Ray Dataset for files,
+    a table in memory for the built-in sources."""
+    data = spec.data
+    # Built-in sources are whole tables in this process already: prepared here (in_memory.py).
+    if data.source == "synthetic":
+        return InMemoryDataset.from_arrow(synthetic_table(spec.train.seed, spec.resolved_task, data.options))
+    if data.source == "digits":
+        return InMemoryDataset.from_arrow(digits_table())
+    if data.source == "chars":
+        return InMemoryDataset.from_arrow(chars_table(**source_options("chars", data.options)))
     import ray.data
 
-    data = spec.data
-    if data.source == "synthetic":
-        return ray.data.from_arrow(synthetic_table(spec.train.seed, spec.resolved_task, data.options))
-    if data.source == "digits":
-        return ray.data.from_arrow(digits_table())
-    if data.source == "chars":
-        return ray.data.from_arrow(chars_table(**source_options("chars", data.options)))
+    configure_ray_data()
     path = str(spec.data_path)
     readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}
     try:
         return readers[data.file_format](path)
     except Exception as error:  # pyarrow raises many types; all mean the same to the user
         raise DataError(f"data.source: cannot read {path!r} as {data.file_format}: {error}") from error
+
+
+def configure_ray_data() -> None:
+    """A reproducible row order, and no progress output of Ray Data's own."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def source_options(source: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -75,11 +92,15 @@ def synthetic_table(seed: int, task: str, options: dict[str, Any]) -> pa.Table:
 
 
 def digits_table() -> pa.Table:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    columns = {f"pixel_{i}": digits.data[:, i].astype(np.float32) for i in range(digits.data.shape[1])}
-    columns["label"] = digits.target.astype(np.int64)
+    """scikit-learn's bundled 8x8 digits (the file `load_digits` reads), read straight from
+    the installed package: importing scikit-learn costs a second and is not needed."""
+    found = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise DataError("data.source: digits reads scikit-learn's bundled copy; pip install scikit-learn")
+    path = Path(list(found.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    rows = np.loadtxt(path, delimiter=",", dtype=np.float64)  # 64 pixels, then the label
+    columns = {f"pixel_{i}": rows[:, i].astype(np.float32) for i in range(rows.shape[1] - 1)}
+    columns["label"] = rows[:, -1].astype(np.int64)
     return pa.table(columns)
 
 

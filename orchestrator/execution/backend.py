@@ -22,11 +22,17 @@ class Backend(Protocol):
         """Standby workers this backend keeps beside the job's own."""
         ...
 
+    def start_workers(self, spec: JobSpec, run_dir: Path, resources: WorkerResources) -> Any:
+        """Start what can start before the data is prepared; the handle goes to `run`
+        (None: nothing to start early). Shut down with `.shutdown()`."""
+        ...
+
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
-            before_training: Callable[[Any], None] | None = None) -> str:
+            before_training: Callable[[Any], None] | None = None, workers: Any = None) -> str:
         """Train to the end; return the final state ("finished" or "stopped").
         `before_training(workers)` is given the started workers (an
-        `elastic.warm.WarmWorkers`) first: the launch check runs there.
+        `elastic.warm.WarmWorkers`) first: the launch check runs there. `workers`: what
+        `start_workers` started.
 
         Raises:
             TrainingError: when training failed and could not be recovered.

@@ -20,7 +20,7 @@ from orchestrator.config.spec import JobSpec
 from orchestrator.errors import ResourceError, RunDirError, TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
-from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray, worker_env
+from orchestrator.execution.ray_runtime import refuse_ray_client, start_ray, worker_env
 from orchestrator.execution.resources import WorkerResources, size_workers
 from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_heartbeat
 from orchestrator.run.files import RunFiles, atomic_write_text, flush_logs, read_json
@@ -103,14 +103,20 @@ class Launcher:
         _log_to_file(files.controller_log)
 
     def _train(self) -> tuple[str, BaseException | None]:
-        """Prepare the data, then run the backend on a thread while showing progress."""
+        """Start the workers, prepare the data meanwhile, then run the backend on a
+        thread while showing progress."""
         import ray
 
         from orchestrator.data.pipeline import prepare_data
 
         resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec))
-        configure_ray_data()
-        data = prepare_data(self.spec)
+        workers = self.backend.start_workers(self.spec, self.run_dir, resources)  # start meanwhile
+        try:
+            data = prepare_data(self.spec)
+        except BaseException:
+            if workers is not None:
+                workers.shutdown()
+            raise
         _say(f"data: {data.describe()}")
         _say(_describe_workers(resources, self.spec.strategy.name))
         data_ref = ray.put(data)
@@ -119,7 +125,8 @@ class Launcher:
 
         def target() -> None:
             try:
-                outcome["state"] = self.backend.run(self.spec, self.run_dir, data_ref, resources, check)
+                outcome["state"] = self.backend.run(self.spec, self.run_dir, data_ref, resources, check,
+                                                    workers)
             except Exception as error:  # kept for the summary, raised by run()
                 outcome["error"] = error
 

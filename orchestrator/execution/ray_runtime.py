@@ -62,12 +62,3 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
     return True
 
 
-def configure_ray_data() -> None:
-    """A reproducible row order, and no progress output of Ray Data's own."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -23,8 +23,11 @@ class RayTrainBackend:
     def spares(self, spec: JobSpec) -> int:
         return 0  # Ray Train starts a whole new group; standby workers have no use
 
+    def start_workers(self, spec: JobSpec, run_dir: Path, resources: WorkerResources) -> None:
+        return None  # TorchTrainer starts its own worker group inside `run`
+
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
-            before_training: Callable[[Any], None] | None = None) -> str:
+            before_training: Callable[[Any], None] | None = None, workers=None) -> str:
         from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
         from ray.train.torch import TorchConfig, TorchTrainer
 

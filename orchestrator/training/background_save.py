@@ -9,9 +9,16 @@ first; an error it met is raised then, on the training thread, where the attempt
 as it would had the write failed in line.
 
 With `background=False` the second half runs in line, at once: the synchronous save.
+
+The thread runs at the scheduler's idle priority where the OS has one (Linux's
+SCHED_IDLE): writing and hashing a checkpoint takes CPU time, and where training keeps
+every core busy (CPU workers) it is given only what training leaves, so the steps it
+overlaps are not slowed. Whatever waits for it (the next save, the end) sleeps, which
+leaves it the core.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable
 
@@ -55,7 +62,17 @@ class BackgroundSaves:
     def _run(self, finish: Callable[[], Any]) -> None:
         # A daemon thread: a rank whose attempt failed leaves a write that waits on a dead
         # peer behind (it fails at the side group's timeout) and never publishes it.
+        run_when_idle()
         try:
             self._result = finish()
         except BaseException as error:  # handed to the training thread by wait()
             self._error = error
+
+
+def run_when_idle() -> None:
+    """Give the calling thread the lowest CPU priority the OS offers (best effort)."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, on Linux
+        except OSError:
+            pass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.execution.backend import backend_for
-from orchestrator.execution.ray_runtime import configure_ray_data, refuse_ray_client, start_ray
+from orchestrator.execution.ray_runtime import refuse_ray_client, start_ray
 from orchestrator.execution.resources import size_workers
 from orchestrator.verify.check import Reference, VerifyReport
 from orchestrator.verify.layouts import chosen_layouts
@@ -39,7 +39,6 @@ def _run_all(spec: JobSpec, layouts: dict, steps: int, rtol: float | None, say) 
     from orchestrator.data.pipeline import prepare_data
 
     reference = Reference(spec, steps, Path(tempfile.mkdtemp(prefix="orchestrator-verify-")), rtol)
-    configure_ray_data()
     data = prepare_data(reference.spec)
     data_ref = ray.put(data)
     if spec.strategy.verify_options:

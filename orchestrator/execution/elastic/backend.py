@@ -15,19 +15,26 @@ class ElasticBackend:
     def spares(self, spec: JobSpec) -> int:
         return spec.scaling.spares
 
-    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
-            before_training: Callable[[Any], None] | None = None) -> str:
-        from orchestrator.execution.elastic.controller import ElasticController, State, Timings
+    def start_workers(self, spec: JobSpec, run_dir: Path, resources: WorkerResources):
+        """Start the worker actors, spares included, before the data is prepared: their
+        start (a process, Ray, torch) overlaps the preparation. Returns the group."""
         from orchestrator.execution.elastic.group import RayWorkerGroup
+
+        group = RayWorkerGroup(spec, str(run_dir), resources.ray_resources(),
+                               resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA)
+        group.spawn_up_to(spec.scaling.max_workers + spec.scaling.spares)
+        return group
+
+    def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
+            before_training: Callable[[Any], None] | None = None, workers=None) -> str:
+        from orchestrator.execution.elastic.controller import ElasticController, State, Timings
         from orchestrator.execution.elastic.policies import FailurePolicy, ScalingPolicy
         from orchestrator.execution.elastic.warm import WarmWorkers
         from orchestrator.planning.layout import batch_fits
 
         scaling = spec.scaling
-        group = RayWorkerGroup(
-            spec, str(run_dir), data_ref, resources.ray_resources(),
-            resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA,
-        )
+        group = workers if workers is not None else self.start_workers(spec, run_dir, resources)
+        group.provide_data(data_ref)
         controller = ElasticController(
             group,
             run_dir,

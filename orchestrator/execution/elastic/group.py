@@ -41,11 +41,11 @@ class AttemptStatus:
 
 
 class RayWorkerGroup:
-    def __init__(self, spec, run_dir: str, data_ref, resources: dict[str, float], threads: int,
+    def __init__(self, spec, run_dir: str, resources: dict[str, float], threads: int,
                  reserved_cpus: float) -> None:
         self.spec = spec
         self.run_dir = run_dir
-        self.data_holder = [data_ref]  # a list, so Ray passes the reference instead of the data
+        self.data_holder: list = []  # [reference]: a list, so Ray passes it instead of the data
         self.resources = resources
         self.threads = threads
         self.reserved_cpus = reserved_cpus
@@ -62,7 +62,7 @@ class RayWorkerGroup:
         options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0),
                    "resources": resources or None}
         actor = TrainWorker.options(**options).remote(
-            self.spec, self.run_dir, self.data_holder, self.threads, bool(options["num_gpus"])
+            self.spec, self.run_dir, self.threads, bool(options["num_gpus"])
         )
         return Member(actor=actor, ready_ref=actor.ready.remote())
 
@@ -101,11 +101,17 @@ class RayWorkerGroup:
     def ready_count(self) -> int:
         return len(self.members)
 
+    def provide_data(self, data_ref) -> None:
+        """The prepared data, given to each worker with its first job (workers start
+        before it is ready)."""
+        self.data_holder = [data_ref]
+
     # ---- attempts ----------------------------------------------------------------------------
     def start(self, world_size: int, attempt: int, failure: dict | None, owner: str,
               job: tuple[Any, str] | None = None) -> None:
         """Start an attempt on `world_size` ready workers; `job` (spec, run directory)
         trains another job than the group's own (see TrainWorker.run_attempt)."""
+        assert self.data_holder, "provide_data() before the first attempt"
         # Keep surviving ranks first so rank 0 stays where it was when it can.
         ordered = [m for m in self.active if m in self.members]
         ordered += [m for m in self.members if m not in ordered]
@@ -113,7 +119,8 @@ class RayWorkerGroup:
         address = ray.get(self.active[0].actor.rendezvous_address.remote())
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         self.futures = [
-            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner, driver, job)
+            member.actor.run_attempt.remote(rank, world_size, address, attempt, failure, owner, driver,
+                                            self.data_holder, job)
             for rank, member in enumerate(self.active)
         ]
 

@@ -60,7 +60,8 @@ class WarmWorkers:
         rather than on its GPU, `on_host`)."""
         import ray
 
-        ray.get(self.group.members[0].actor.run_alone.remote(spec, str(run_dir), on_host))
+        worker = self.group.members[0].actor
+        ray.get(worker.run_alone.remote(spec, str(run_dir), self.group.data_holder, on_host))
 
     def run_together(self, spec: JobSpec, run_dir: Path, world_size: int) -> None:
         """Train `spec` on `world_size` workers as one attempt; the workers are ready for
@@ -84,8 +85,9 @@ def lend_fresh_workers(spec: JobSpec, run_dir: Path, data_ref: Any, resources: W
                        use: Callable[[WarmWorkers], None], startup_timeout_s: float = 120.0) -> None:
     """For a backend that starts its own workers later (Ray Train): a group started
     for `use` alone, and shut down after it."""
-    group = RayWorkerGroup(spec, str(run_dir), data_ref, resources.ray_resources(),
+    group = RayWorkerGroup(spec, str(run_dir), resources.ray_resources(),
                            resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA)
+    group.provide_data(data_ref)
     workers = resources.workers
     try:
         use(WarmWorkers(group, workers, lambda ready: workers if ready >= workers else None, startup_timeout_s))

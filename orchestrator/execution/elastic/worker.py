@@ -24,14 +24,16 @@ from orchestrator.run.storage import run_path
 
 @ray.remote(max_restarts=0, max_concurrency=2)
 class TrainWorker:
-    def __init__(self, spec, run_dir: str, data_ref_holder: list, threads: int, use_gpu: bool) -> None:
+    def __init__(self, spec, run_dir: str, threads: int, use_gpu: bool) -> None:
         import torch
 
         from orchestrator.training.context import configure_runtime
 
         self.spec = spec
         self.run_dir = run_path(run_dir)
-        self.data = ray.get(data_ref_holder[0])
+        # The prepared data comes with the first job given to this worker: workers start
+        # (and import torch) while the driver is still preparing it.
+        self.data = None
         self.use_gpu = use_gpu
         self.attempt_thread: int | None = None  # the thread running run_attempt, for `where`
         self.process_group = None  # the last attempt's, kept until the next one (see run_attempt)
@@ -61,7 +63,7 @@ class TrainWorker:
 
     def run_attempt(self, rank: int, world_size: int, address: tuple[str, int], attempt: int,
                     failure: dict | None, owner: str, driver: tuple[str, int],
-                    job: tuple[Any, str] | None = None) -> str:
+                    data_holder: list, job: tuple[Any, str] | None = None) -> str:
         """Join the attempt's process group and train. Whatever the attempt raises comes
         back as `AttemptFailed`, with the step this rank was on. `job` (spec, run
         directory) trains another job than the worker's own: the launch check's layout.
@@ -74,6 +76,7 @@ class TrainWorker:
         from orchestrator.training.context import WorkerContext
         from orchestrator.training.loop import train
 
+        self._receive(data_holder)
         self.attempt_thread = threading.get_ident()
         spec, run_dir = (job[0], run_path(job[1])) if job is not None else (self.spec, self.run_dir)
         context = WorkerContext(
@@ -101,7 +104,12 @@ class TrainWorker:
         except Exception as error:
             raise AttemptFailed(report_exception(error, rank, context.step)) from error
 
-    def run_alone(self, spec, run_dir: str, on_host: bool = False) -> None:
+    def _receive(self, data_holder: list) -> None:
+        """Fetch the prepared data (a reference in a list: Ray passes it unresolved) once."""
+        if self.data is None:
+            self.data = ray.get(data_holder[0])
+
+    def run_alone(self, spec, run_dir: str, data_holder: list, on_host: bool = False) -> None:
         """Train `spec` here with no process group: the launch check's sequential
         reference, on the same kind of device as the layout it is compared with (or in
         host memory, `on_host`, when the whole model does not fit the device)."""
@@ -109,6 +117,7 @@ class TrainWorker:
 
         from orchestrator.verify.reference import run_reference
 
+        self._receive(data_holder)
         run_reference(spec, self.data, run_path(run_dir), device=torch.device("cpu") if on_host else self.device)
 
     def where(self) -> tuple[str, ...]:

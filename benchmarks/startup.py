@@ -1,0 +1,82 @@
+"""From `orchestrator launch` to the end of the first step, for the quickstart, by phase.
+
+Runs `orchestrator launch examples/quickstart.yaml` (embedded Ray) REPEATS times and
+reports the median of each phase, from the wall-clock times the run writes:
+- to attempt: from starting the command to the controller starting attempt 1 (Python and
+  imports, the job's checks, Ray, the data, the workers);
+- to started: to rank 0 starting to train (process group, model, strategy, resume);
+- to step 1: to the end of the first step.
+
+The hand-written peers' start-up, for a job of the same shape, is in step_tax.md.
+
+    python benchmarks/startup.py                # 5 repeats
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "startup.md"
+PHASES = ("to attempt", "to started", "to step 1")
+
+
+def measure() -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="startup-") as scratch:
+        run_dir = Path(scratch) / "run"
+        command = [sys.executable, "-m", "orchestrator.cli", "launch", "examples/quickstart.yaml",
+                   "--run-dir", str(run_dir), "--set", "train.steps=20"]
+        started = time.time()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"launch failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    attempt = next(e["time"] for e in events if e["event"] == "attempt")
+    training = next(e["time"] for e in events if e["event"] == "started")
+    return {"to attempt": attempt - started, "to started": training - started, "to step 1": first["time"] - started}
+
+
+def render(args, runs: list[dict[str, float]]) -> str:
+    lines = [
+        "# Launch to first step: the quickstart",
+        "",
+        f"`orchestrator launch examples/quickstart.yaml` on the embedded Ray (2 workers and a spare); "
+        f"seconds from starting the command, median of {args.repeats} (each run in brackets). "
+        f"Machine: {os.cpu_count()} cores.",
+        "",
+        "    " + shlex.join(["python", "benchmarks/startup.py", *sys.argv[1:]]),
+        "",
+        "| phase | seconds |",
+        "| --- | ---: |",
+    ]
+    for phase in PHASES:
+        each = ", ".join(f"{r[phase]:.1f}" for r in runs)
+        lines.append(f"| {phase} | {statistics.median(r[phase] for r in runs):.1f} ({each}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    runs = []
+    for repeat in range(args.repeats):
+        runs.append(measure())
+        print(json.dumps({"repeat": repeat, **runs[-1]}), flush=True)
+    report = render(args, runs)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
