@@ -12,9 +12,10 @@ With `background=False` the second half runs in line, at once: the synchronous s
 
 The thread runs at the scheduler's idle priority where the OS has one (Linux's
 SCHED_IDLE): writing and hashing a checkpoint takes CPU time, and where training keeps
-every core busy (CPU workers) it is given only what training leaves, so the steps it
-overlaps are not slowed. Whatever waits for it (the next save, the end) sleeps, which
-leaves it the core.
+every core busy (CPU workers) it gets what training leaves. That halves the stall of
+the step that holds a save on a 2-core machine (benchmarks/results/checkpoint_stall_*);
+what remains is the copy and the write's use of memory bandwidth. Whatever waits for
+it (the next save, the end) sleeps, which leaves it the core.
 """
 from __future__ import annotations
 
@@ -54,10 +55,6 @@ class BackgroundSaves:
         if error is not None:
             raise error
         return result
-
-    @property
-    def in_flight(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def _run(self, finish: Callable[[], Any]) -> None:
         # A daemon thread: a rank whose attempt failed leaves a write that waits on a dead
