@@ -26,6 +26,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # write's own collectives (None: every rank's default group).
 StateWriter = Callable[..., None]
 
+
+def nothing_to_write(group=None) -> None:
+    """The StateWriter of a state already written in line."""
+
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified
 # name ("state.layers.3.fc.weight.exp_avg", "param_groups.layers.3.fc.weight.lr"), not as
 # lists of param groups: pipeline stages hold different subsets of the parameters, and the

@@ -45,6 +45,7 @@ from strategies.base import (
     StateWriter,
     Strategy,
     autocast_dtype_for,
+    nothing_to_write,
     optimizer_state_tensors,
 )
 from strategies.compat import deepspeed as compat_deepspeed
@@ -213,7 +214,7 @@ class ZeROStrategy(Strategy):
         # DeepSpeed writes its own files (its partitioned optimizer state among them) here
         # and now, on the training thread; only the publication can run in the background.
         save_checkpoint(self.engine, directory)
-        return lambda group=None: None
+        return nothing_to_write
 
     def load(self, directory: Path) -> None:
         load_checkpoint(self.engine, directory, self.dp_size, self.options.stage)

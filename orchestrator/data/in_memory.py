@@ -53,6 +53,3 @@ class InMemoryDataset:
 
     def to_pandas(self) -> pd.DataFrame:
         return self._frame.copy()
-
-    def count(self) -> int:
-        return len(self._frame)

@@ -40,6 +40,7 @@ from orchestrator.run.storage import ObjectPath, RunPath, remove_tree, run_path
 from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.checkpoint_write import PARTIAL, CheckpointWrites, Snapshot
 from orchestrator.training.rng_state import restore_rng
+from strategies.base import StateWriter, nothing_to_write
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ class CheckpointManager:
     def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> RunPath:
         """Write a checkpoint of `state` now, the strategy's part by `save_strategy(folder)`;
         returns it once published."""
-        self.start_save(state, lambda folder, copy: (save_strategy(folder), lambda group=None: None)[1])
+        def snapshot(folder: Path, copy: bool) -> StateWriter:
+            save_strategy(folder)  # written now: nothing is left for the background
+            return nothing_to_write
+
+        self.start_save(state, snapshot)
         return self.wait()
 
     def start_save(self, state: TrainerState, snapshot: Snapshot) -> None:

@@ -33,12 +33,10 @@ from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.background_save import BackgroundSaves
 from orchestrator.training.collectives import barrier, side_group
 from orchestrator.training.rng_state import capture_rng
+from strategies.base import StateWriter
 
 PARTIAL = ".partial-"
 
-# Writes a snapshot of a strategy's state; its argument is the process group for the
-# write's own collectives (strategies.base.StateWriter).
-StateWriter = Callable[..., None]
 # (folder, copy) -> the writer of the strategy's state as it is now (Strategy.snapshot)
 Snapshot = Callable[[Path, bool], StateWriter]
 # Called on rank 0 once a checkpoint is valid, with how long its save took.
