@@ -368,12 +368,16 @@ class SegmentLog:
                 cls.flush_all()
                 time.sleep(FLUSH_S)  # lines written meanwhile go up together
 
+        # Exit handlers run last-registered first. pyarrow registers the one that
+        # finalizes S3 when `pyarrow.fs` is first imported, so it is imported here, before
+        # ours is registered: the last lines then go up while S3 still works. Left to the
+        # flusher's first upload, that import could come after ours, and a command that
+        # wrote one request and exited at once would upload into a finalized S3 (a crash).
+        import pyarrow.fs  # noqa: F401
+
+        atexit.register(flush_logs)
         cls._flusher = threading.Thread(target=loop, name="segment-log-flusher", daemon=True)
         cls._flusher.start()
-        # Exit handlers run last-registered first: registered now, after pyarrow's (it
-        # finalizes S3 at exit), the last lines go up while S3 still works. A command that
-        # wrote one request and exits at once would otherwise hang in that upload.
-        atexit.register(flush_logs)
 
 
 def flush_logs() -> None:
