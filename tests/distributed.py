@@ -76,7 +76,7 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
                     raise TimeoutError(f"workers did not finish in {PROCESS_TIMEOUT_S} s")
                 continue
             if status == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{value}")
+                raise RuntimeError(_failures(rank, value, queue))
             results[rank] = value
     finally:
         for process in processes:
@@ -85,6 +85,22 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
                 process.kill()
                 process.join()
     return [results[rank] for rank in range(world_size)]
+
+
+def _failures(rank: int, error: str, queue, grace_s: float = 5.0) -> str:
+    """The first failure reported, then those of the ranks that fail in the next few
+    seconds: the first to report is often a rank that lost its peer, the cause is in
+    the peer's report."""
+    reports = [(rank, error)]
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            other, status, value = queue.get(timeout=0.2)
+        except queue_module.Empty:
+            continue
+        if status == "error":
+            reports.append((other, value))
+    return "\n".join(f"rank {r} failed:\n{text}" for r, text in reports)
 
 
 def _train_rank(rank: int, world_size: int, spec: JobSpec, data: PreparedData, run_dir: str) -> None:
