@@ -266,6 +266,46 @@ def verify(
         raise typer.Exit(2)
 
 
+@app.command()
+def bench(
+    job: Path = typer.Argument(..., help="Path to job.yaml."),
+    workers: str = typer.Option("1,2", "--workers", help="Worker counts to run each strategy at, e.g. 1,2,4."),
+    strategies: str = typer.Option(
+        "ddp", "--strategies", help="Strategies to compare, e.g. ddp,zero2,fsdp,tensor,pipeline,hybrid."
+    ),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Steps per run (default: the job's)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, max=50, help="Runs of each configuration, in turn."),
+    target_loss: Optional[float] = typer.Option(
+        None, "--target-loss", help="Loss for `time to target` (default: where the sequential run ends)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for runs, results.json and the report "
+                                       "(default bench/NAME-TIME)."),
+    set_: Optional[List[str]] = SetOption,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to launch on (default: an "
+                                          "embedded Ray per run)."),
+) -> None:
+    """Was distributing worth it? The job sequentially, then each strategy at each worker count: speedup,
+    efficiency, convergence against the sequential run and resources, as a report with plots."""
+    from datetime import datetime
+
+    from orchestrator.bench.runner import BenchOptions, run_bench
+
+    spec = _load(job, set_)
+    try:
+        counts = [int(n) for n in workers.split(",") if n.strip()]
+    except ValueError:
+        raise _fail(f"--workers: whole numbers separated by commas, e.g. 1,2,4 (got {workers!r})", 2) from None
+    names = [n.strip() for n in strategies.split(",") if n.strip()]
+    folder = out or Path("bench") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if folder.exists() and any(folder.iterdir()):
+        raise _fail(f"{folder} is not empty; choose another --out", 2)
+    options = BenchOptions(counts, names, steps, repeats, target_loss, address)
+    try:
+        run_bench(spec, options, folder, " ".join(["orchestrator", *sys.argv[1:]]), _say)
+    except JobSpecError as error:
+        raise _fail("\n  ".join(error.problems), 2) from None
+
+
 def _say(message: str) -> None:
     typer.echo(f"[orchestrator] {message}")
 

@@ -92,6 +92,10 @@ class RunFiles:
         return self.root / "events.jsonl"
 
     @property
+    def usage(self) -> RunPath:
+        return self.root / "usage.jsonl"
+
+    @property
     def summary(self) -> RunPath:
         return self.root / "summary.json"
 

@@ -34,6 +34,7 @@ from orchestrator.training.directives import DirectiveReader, StepRecords, start
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
+from orchestrator.training.usage import UsageSampler, write_usage
 from orchestrator.training.model import build_job_model
 
 
@@ -59,13 +60,15 @@ class Attempt:
 def train(w: WorkerContext) -> str:
     """Train from the newest valid checkpoint to `train.steps`, or until the controller
     asks to stop or resize. Returns an `Outcome`."""
+    usage = UsageSampler(w.device)
     try:
-        return _train(w)
+        return _train(w, usage)
     finally:
+        write_usage(w.run_dir, w.rank, w.world_size, w.step, usage.stop())
         flush_logs()  # a run on object storage: this rank's last records, uploaded
 
 
-def _train(w: WorkerContext) -> str:
+def _train(w: WorkerContext, usage: UsageSampler) -> str:
     spec = w.spec
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)
@@ -75,6 +78,7 @@ def _train(w: WorkerContext) -> str:
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
     attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
                       flops, peak_flops(w.device, spec.train.precision))
+    usage.state_bytes = attempt.strategy.memory_bytes
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)

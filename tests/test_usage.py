@@ -1,0 +1,36 @@
+"""What each rank used (usage.jsonl): written by every rank at the end of an attempt,
+with the state the strategy left on that rank, in real gloo processes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.distributed import make_spec, train_in_processes
+from tests.jobs import MLP_JOB
+
+
+def _usage(run_dir):
+    with open(run_dir / "usage.jsonl") as handle:
+        return sorted((json.loads(line) for line in handle), key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("strategy", [{"name": "ddp"}, {"name": "fsdp"}], ids=["ddp", "fsdp"])
+def test_every_rank_records_what_it_used(strategy, prepared, tmp_path):
+    spec = make_spec(MLP_JOB, strategy=strategy, scaling__workers=2, train__steps=30)
+    train_in_processes(spec, prepared(spec), 2, tmp_path)
+    records = _usage(tmp_path)
+    assert [r["rank"] for r in records] == [0, 1]
+    assert len({r["pid"] for r in records}) == 2
+    whole = make_spec(MLP_JOB, strategy={"name": "ddp"}, scaling__workers=1)
+    one = train_in_processes(whole, prepared(whole), 1, tmp_path / "one")[-1]
+    for record in records:
+        assert record["step"] == 30 and record["world_size"] == 2
+        assert record["ended"] > record["started"] and record["cpu_s"] > 0
+        assert record["peak_rss_bytes"] > 50 << 20  # torch alone is more
+        for sample in record["samples"]:
+            assert record["started"] <= sample[0] <= record["ended"] and sample[1] >= 0 and sample[2] > 0
+        held = record["state_bytes"]["params"]
+        # DDP holds the whole model on each rank; FSDP half of it (rows split over 2 ranks).
+        expected = one["mem_params_bytes"] if strategy["name"] == "ddp" else one["mem_params_bytes"] / 2
+        assert held == pytest.approx(expected, rel=0.05)
