@@ -33,6 +33,10 @@ class RunDirError(OrchestratorError):
     another run, or another driver holds it)."""
 
 
+class TrackingError(OrchestratorError):
+    """A tracker the job asks for (tracking: in job.yaml) cannot be opened."""
+
+
 class ControlError(OrchestratorError):
     """A request to a running job (scale, stop) that cannot be carried out."""
 

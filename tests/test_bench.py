@@ -48,8 +48,10 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _steady(step_times: list[float]) -> float:
-    return statistics.median(step_times[max(2, len(step_times) // 10):])
+def _steady(records: list[dict]) -> float:
+    """The median time from one step's end to the next, after the warm-up steps."""
+    intervals = [b["time"] - a["time"] for a, b in zip(records, records[1:])]
+    return statistics.median(intervals[max(2, len(intervals) // 10):])
 
 
 def _median_cell(cell: str) -> float:
@@ -62,7 +64,7 @@ def test_every_number_in_the_report_is_the_runs_own(report):
     results = json.loads((report / "results.json").read_text())
     runs = {name: [report / "runs" / f"{name}-r{k}" for k in range(2)] for name in table}
     metrics = {name: [_records(d / "metrics.jsonl") for d in dirs] for name, dirs in runs.items()}
-    steady = {name: statistics.median(_steady([r["step_time_s"] for r in m]) for m in ms)
+    steady = {name: statistics.median(_steady(m) for m in ms)
               for name, ms in metrics.items()}
     reference = metrics["sequential"][0]
     for name, row in table.items():
@@ -89,6 +91,10 @@ def test_every_number_in_the_report_is_the_runs_own(report):
         assert _median_cell(row["launch to step 1 s"]) == pytest.approx(first_step, abs=0.0051)
         assert _median_cell(row["wall s"]) == pytest.approx(statistics.median(t["wall_s"] for t in timed), abs=0.0051)
         assert all(t["wall_s"] > m[-1]["time"] - t["started"] > 0 for m, t in zip(metrics[name], timed))
+        # Each step's parts, timed inside it, add up to no more than the step.
+        for record in first:
+            parts = [record[key] for key in ("step_data_s", "step_compute_s", "step_optimizer_s")]
+            assert all(p >= 0 for p in parts) and sum(parts) <= record["step_time_s"] + 1e-4
     # The same job at the same seed: a data-parallel run's losses are the reference's.
     assert float(table["ddp-x2"]["max loss deviation"]) < 1e-5
 
@@ -99,7 +105,7 @@ def test_every_plot_is_a_png_with_data_drawn(report):
     markdown = (report / "report.md").read_text()
     plots = sorted((report / "plots").glob("*.png"))
     assert {p.name for p in plots} == {"loss.png", "deviation.png", "speedup.png", "throughput.png",
-                                       "memory.png", "utilisation.png"}
+                                       "memory.png", "utilisation.png", "breakdown.png"}
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = matplotlib.image.imread(plot)[..., :3]
@@ -128,3 +134,20 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "out").exists()
     result = bench("--workers", "1,two")
     assert result.returncode == 2 and "--workers" in result.stderr
+
+
+def test_peers_train_the_same_job_as_hand_written_loops(tmp_path):
+    """--peers: the job's DDP as a plain torchrun loop and a plain Ray Train loop, measured
+    like every other configuration; the same model, data and seed give the same losses."""
+    out = tmp_path / "out"
+    result = bench("--workers", "2", "--strategies", "ddp", "--steps", "20", "--peers", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = _table((out / "report.md").read_text())
+    assert list(table) == ["sequential", "ddp-x2", "torchrun-x2", "ray-train-x2"]
+    reference = _records(out / "runs" / "sequential-r0" / "metrics.jsonl")
+    for peer in ("torchrun-x2", "ray-train-x2"):
+        records = _records(out / "runs" / f"{peer}-r0" / "metrics.jsonl")
+        assert [r["step"] for r in records] == list(range(1, 21))
+        for got, want in zip(records, reference):
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), f"{peer} step {got['step']}"
+        assert float(table[peer]["speedup"]) == pytest.approx(_steady(reference) / _steady(records), abs=0.0051)

@@ -75,6 +75,7 @@ def test_a_killed_worker_is_replaced_and_the_result_is_bitwise_identical(uninter
     assert resumed in ([10], [])
     assert failure["steps_redone"] == 15 - (resumed or [0])[0] and failure["recovery_s"] < 60
     assert_bitwise_equal(final_weights(tmp_path), final_weights(uninterrupted))
+    assert "1 failure, 0 resizes" in orchestrator("report", str(tmp_path)).stdout
 
 
 LONG_RUN = ("train.steps=300",)
@@ -247,3 +248,8 @@ def test_scale_then_stop_then_resume_a_running_job(tmp_path):
     orchestrator("resume", str(tmp_path), "--set", f"train.steps={stopped_at + 20}")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == stopped_at + 20
+
+    # The run's plots mark the resize where it happened (2 -> 1 worker).
+    drawn = orchestrator("report", str(tmp_path)).stdout
+    assert "world sizes [1, 2]" in drawn and "0 failures, 1 resize," in drawn
+    assert (tmp_path / "plots" / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -194,6 +194,10 @@ def test_a_run_on_s3_survives_a_killed_driver_and_resumes_bitwise_from_elsewhere
     assert_bitwise_equal(_weights(run_dir), _weights(reference))
     assert json.loads(RunFiles(run_dir).summary.read_text())["status"] == "finished"
     assert list(second.iterdir()) == [], "the resume wrote to local disk"
+    # The run's plots go to the run, on S3.
+    assert "200 steps" in _cli("report", str(run_dir), cwd=second, env=s3).stdout
+    assert (run_dir / "plots" / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(second.iterdir()) == []
 
 
 def test_a_command_that_writes_one_line_and_exits_leaves_it_on_storage(s3):

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.bench.plan import SEQUENTIAL, Configuration
+from orchestrator.bench.plan import PEER_SCRIPTS, SEQUENTIAL, Configuration
 from orchestrator.config.loading import dump_spec
 
 
@@ -36,18 +36,26 @@ def execute(configuration: Configuration, repeat: int, out: Path, address: str |
     job.write_text(dump_spec(configuration.spec))
     run_dir, log = out / "runs" / name, out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    if configuration.strategy == SEQUENTIAL:
-        command = [sys.executable, "-m", "orchestrator.bench.sequential", str(job), str(run_dir)]
-    else:
-        command = [sys.executable, "-m", "orchestrator.cli", "launch", str(job), "--run-dir", str(run_dir)]
-        if address:
-            command += ["--address", address]
     started = time.time()
     with open(log, "wb") as output:
-        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(_command(configuration, job, run_dir, address), stdout=output,
+                              stderr=subprocess.STDOUT).returncode
     ended = time.time()
     error = None if code == 0 else _last_error(log) or f"exit code {code}"
     return Executed(configuration, repeat, run_dir, log, started, ended, error)
+
+
+def _command(configuration: Configuration, job: Path, run_dir: Path, address: str | None) -> list[str]:
+    workers = str(configuration.workers)
+    if configuration.strategy == SEQUENTIAL:
+        return [sys.executable, "-m", "orchestrator.bench.sequential", str(job), str(run_dir)]
+    if configuration.strategy == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", workers,
+                str(PEER_SCRIPTS / "torchrun_job.py"), str(job), str(run_dir)]
+    if configuration.strategy == "ray-train":
+        return [sys.executable, str(PEER_SCRIPTS / "ray_train_job.py"), str(job), str(run_dir), "--workers", workers]
+    command = [sys.executable, "-m", "orchestrator.cli", "launch", str(job), "--run-dir", str(run_dir)]
+    return command + ["--address", address] if address else command
 
 
 def _last_error(log: Path) -> str | None:

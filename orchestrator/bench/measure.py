@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator.bench.execute import Executed
 from orchestrator.run.files import RunFiles, read_jsonl
 from orchestrator.run.records import RunRecords
+from orchestrator.training.phases import PHASES
 
 # Steps before this fraction of the run (at least 2) are warm-up, left out of the
 # steady step time: the first steps allocate, compile and fill caches.
@@ -33,6 +34,7 @@ class RunMeasures:
     losses: list[float] = field(default_factory=list)  # per step, 1..N
     loss_times: list[float] = field(default_factory=list)  # seconds since launch, per step
     validation: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # median seconds of each part of a step
     ranks: list[dict[str, Any]] = field(default_factory=list)  # usage.jsonl, one per rank
 
     @property
@@ -66,7 +68,9 @@ def measure(executed: Executed) -> RunMeasures:
     steps = RunRecords(executed.run_dir).steps() if executed.run_dir.exists() else []
     if steps:
         found.first_step_s = steps[0]["time"] - executed.started
-        found.step_s = steady_step_s([r["step_time_s"] for r in steps])
+        found.step_s = steady_step_s([r["time"] for r in steps]) if len(steps) > 2 else steps[-1]["step_time_s"]
+        found.phases = {key: steady_median([r[key] for r in steps]) for key in PHASES
+                        if all(key in r for r in steps)}
         found.samples_per_s = c.spec.train.global_batch_size / found.step_s
         found.losses = [r["loss"] for r in steps]
         found.loss_times = [r["time"] - executed.started for r in steps]
@@ -82,8 +86,15 @@ def measure(executed: Executed) -> RunMeasures:
     return found
 
 
-def steady_step_s(step_times: list[float]) -> float:
-    """The median step time after the warm-up steps."""
-    skip = max(2, int(len(step_times) * WARMUP_FRACTION))
-    steady = step_times[skip:] or step_times
-    return statistics.median(steady)
+def steady_step_s(step_ends: list[float]) -> float:
+    """The median time from one step's end to the next's, after the warm-up steps:
+    everything the loop does per step is in it (records, agreement, a checkpoint)."""
+    intervals = [b - a for a, b in zip(step_ends, step_ends[1:])]
+    skip = max(2, int(len(intervals) * WARMUP_FRACTION))
+    return statistics.median(intervals[skip:] or intervals)
+
+
+def steady_median(values: list[float]) -> float:
+    """The median of a per-step number after the warm-up steps."""
+    skip = max(2, int(len(values) * WARMUP_FRACTION))
+    return statistics.median(values[skip:] or values)

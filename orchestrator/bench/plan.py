@@ -3,6 +3,7 @@ count, as job specs; the layouts the job cannot take, with the reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config.loading import spec_from_dict
@@ -11,6 +12,10 @@ from orchestrator.errors import JobSpecError
 from orchestrator.verify.layouts import PRESETS
 
 SEQUENTIAL = "sequential"
+# The same DDP job as a hand-written loop under torchrun and under Ray Train's
+# TorchTrainer (`--peers`): what the orchestrator's own overhead is measured against.
+PEERS = ("torchrun", "ray-train")
+PEER_SCRIPTS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 
 
 @dataclass(frozen=True)
@@ -43,17 +48,22 @@ def bench_spec(spec: JobSpec, steps: int | None, strategy: dict[str, Any], worke
     return spec_from_dict(raw, base_dir=spec.base_dir)
 
 
-def plan_runs(spec: JobSpec, workers: list[int], names: list[str],
-              steps: int | None) -> tuple[list[Configuration], list[Skipped]]:
-    """The reference first, then every (strategy, workers) the job can take.
+def plan_runs(spec: JobSpec, workers: list[int], names: list[str], steps: int | None,
+              peers: bool = False) -> tuple[list[Configuration], list[Skipped]]:
+    """The reference first, then every (strategy, workers) the job can take, then with
+    `peers` the DDP job as each peer loop at each worker count.
 
     Raises:
-        JobSpecError: an unknown strategy name or a worker count below 1, naming the choices.
+        JobSpecError: an unknown strategy name or a worker count below 1, naming the
+            choices; `peers` without the peer scripts (a source checkout has them).
     """
     unknown = [name for name in names if name not in PRESETS]
     problems = [f"--strategies: unknown {unknown}; choose from {', '.join(PRESETS)}"] if unknown else []
     if not workers or any(count < 1 for count in workers):
         problems.append(f"--workers: worker counts of at least 1, e.g. 1,2,4 (got {workers})")
+    if peers and not PEER_SCRIPTS.is_dir():
+        problems.append(f"--peers: the peer loops are not here ({PEER_SCRIPTS}); they come with a "
+                        "source checkout of the orchestrator")
     if problems:
         raise JobSpecError(problems)
     runs = [Configuration(SEQUENTIAL, 1, bench_spec(spec, steps, {"name": SEQUENTIAL}, 1))]
@@ -66,4 +76,6 @@ def plan_runs(spec: JobSpec, workers: list[int], names: list[str],
                 runs.append(Configuration(name, count, bench_spec(spec, steps, strategy, count)))
             except JobSpecError as error:
                 skipped.append(Skipped(label, error.problems[0]))
+    for peer in PEERS if peers else ():
+        runs += [Configuration(peer, count, bench_spec(spec, steps, {"name": "ddp"}, count)) for count in workers]
     return runs, skipped

@@ -32,17 +32,25 @@ def draw_all(summary: BenchSummary, runs: list[RunMeasures], folder: Path) -> li
             first[run.name] = run
     rows = [row for row in summary.rows if row.step_s is not None]
     figures = [_loss(first, folder), _deviation(summary, folder), _scaling(summary, folder),
-               _throughput(rows, folder), _memory(rows, folder), _utilisation(first, folder)]
+               _throughput(rows, folder), _breakdown(rows, folder), _memory(rows, folder),
+               _utilisation(first, folder)]
     return [figure for figure in figures if figure is not None]
 
 
 def _style(run_name: str) -> dict:
-    return {"color": "black", "linewidth": 2.2, "zorder": 5} if run_name == SEQUENTIAL else {"linewidth": 1.2}
+    """The reference wide, grey and underneath: a configuration that matches it is drawn over it."""
+    if run_name == SEQUENTIAL:
+        return {"color": "0.25", "linewidth": 4, "alpha": 0.45, "zorder": 1}
+    return {"linewidth": 1.2, "zorder": 2}
+
+
+def _legend_outside(axis) -> None:
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
 
 def _save(fig, folder: Path, file: str) -> None:
     fig.tight_layout()
-    fig.savefig(folder / file, dpi=110)
+    fig.savefig(folder / file, dpi=110, bbox_inches="tight")  # legends outside the axes included
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -59,11 +67,11 @@ def _loss(first: dict[str, RunMeasures], folder: Path) -> Figure | None:
         by_time.plot(run.loss_times, run.losses, label=name, **_style(name))
     by_step.set(xlabel="step", ylabel="training loss", title="Loss per step")
     by_time.set(xlabel="seconds since launch", ylabel="training loss", title="Loss against wall time")
-    by_time.legend(fontsize=8, loc="upper right")
+    _legend_outside(by_time)
     _save(fig, folder, "loss.png")
     finals = ", ".join(f"{name} {run.losses[-1]:.4g}" for name, run in first.items())
     return Figure("loss.png", "Convergence", f"Training loss of each configuration (first repeat) over the "
-                  f"sequential reference (black), by step and by time since launch. Final loss: {finals}.")
+                  f"sequential reference (wide grey line, under them), by step and by time since launch. Final loss: {finals}.")
 
 
 def _deviation(summary: BenchSummary, folder: Path) -> Figure | None:
@@ -79,7 +87,7 @@ def _deviation(summary: BenchSummary, folder: Path) -> Figure | None:
                   label=row.name, linewidth=1.2)
     axis.set(yscale="log", xlabel="step", ylabel="|loss - reference| / reference",
              title="Per-step loss deviation from the sequential run")
-    axis.legend(fontsize=8)
+    _legend_outside(axis)
     _save(fig, folder, "deviation.png")
     worst = max(rows, key=lambda r: r.max_loss_deviation)
     return Figure("deviation.png", "Deviation from the sequential run",
@@ -104,7 +112,7 @@ def _scaling(summary: BenchSummary, folder: Path) -> Figure | None:
     speed.set(xlabel="workers", ylabel="speedup over sequential (steady step)", title="Speedup", xticks=counts)
     efficiency.set(xlabel="workers", ylabel="parallel efficiency (speedup / workers)", title="Efficiency",
                    xticks=counts, ylim=(0, max(1.1, max(r.efficiency for r in rows) * 1.1)))
-    speed.legend(fontsize=8)
+    _legend_outside(efficiency)
     _save(fig, folder, "speedup.png")
     best = max(rows, key=lambda r: r.speedup)
     said = "; ".join(f"{r.name}: {r.speedup:.2f}x, efficiency {r.efficiency:.0%}" for r in rows)
@@ -121,12 +129,48 @@ def _throughput(rows: list[Row], folder: Path) -> Figure | None:
     fig, axis = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
     names = [row.name for row in rows]
     axis.barh(names, [row.samples_per_s for row in rows],
-              color=["black" if row.strategy == SEQUENTIAL else "tab:blue" for row in rows])
+              color=["0.4" if row.strategy == SEQUENTIAL else "tab:blue" for row in rows])
     axis.invert_yaxis()
     axis.set(xlabel="samples per second (global batch / median step)", title="Throughput")
     _save(fig, folder, "throughput.png")
     said = ", ".join(f"{row.name} {row.samples_per_s:,.0f}" for row in rows)
     return Figure("throughput.png", "Throughput", f"Samples per second in steady state: {said}.")
+
+
+PHASE_LABELS = {"step_data_s": "data", "step_compute_s": "forward + backward",
+                "step_optimizer_s": "optimizer (+ sharded reduction)"}
+
+
+def _breakdown(rows: list[Row], folder: Path) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in rows if row.phases]
+    if not rows:
+        return None
+    fig, axis = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8))
+    names = [row.name for row in rows]
+    left = [0.0] * len(rows)
+    parts = {**{key: [row.phases.get(key, 0.0) * 1000 for row in rows] for key in PHASE_LABELS},
+             "other": [max(0.0, row.step_s.median - sum(row.phases.values())) * 1000 for row in rows]}
+    for key, widths in parts.items():
+        label = PHASE_LABELS.get(key, "between steps (records, agreement, checkpoints)")
+        axis.barh(names, widths, left=left, label=label)
+        left = [a + b for a, b in zip(left, widths)]
+    axis.invert_yaxis()
+    axis.set(xlabel="milliseconds per step (medians)", title="Where a step's time goes")
+    _legend_outside(axis)
+    _save(fig, folder, "breakdown.png")
+    said = "; ".join(f"{row.name}: forward + backward {_share(row, 'step_compute_s')}, optimizer "
+                     f"{_share(row, 'step_optimizer_s')}, data {_share(row, 'step_data_s')}" for row in rows)
+    return Figure("breakdown.png", "Step-time breakdown",
+                  "Median time of each part of a step, stacked: data, forward and backward (with the "
+                  "communication they do not hide: DDP's gradient all-reduce, FSDP's gathers), the "
+                  "optimizer (with ZeRO's reduction) and what the loop does between steps. "
+                  f"Shares of the step: {said}.")
+
+
+def _share(row: Row, key: str) -> str:
+    return f"{row.phases.get(key, 0.0) / row.step_s.median:.0%}"
 
 
 def _memory(rows: list[Row], folder: Path) -> Figure | None:
@@ -150,7 +194,8 @@ def _memory(rows: list[Row], folder: Path) -> Figure | None:
     axis.set_xticks(list(positions), [row.name for row in rows], rotation=30, ha="right")
     axis.set_title("Memory per worker")
     handles = axis.get_legend_handles_labels()[0] + process.get_legend_handles_labels()[0]
-    axis.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    axis.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left",
+                bbox_to_anchor=(1.12, 1.0), borderaxespad=0)  # right of the second axis' label
     _save(fig, folder, "memory.png")
     said = ", ".join(f"{row.name} {sum(row.state_bytes.values()) / MB:.2f} MiB state / "
                      f"{(row.peak_rss_bytes or 0) / MB:.0f} MiB RSS" for row in rows)
@@ -175,7 +220,7 @@ def _utilisation(first: dict[str, RunMeasures], folder: Path) -> Figure | None:
             title="CPU utilisation")
     memory.set(xlabel="seconds since the workers started training", ylabel="resident memory, all workers (MiB)",
                title="Memory over time")
-    cpu.legend(fontsize=8)
+    _legend_outside(memory)
     _save(fig, folder, "utilisation.png")
     said = ", ".join(f"{name} {run.cpu_cores:.2f}" for name, run in drawn.items())
     return Figure("utilisation.png", "Utilisation over time",

@@ -68,8 +68,8 @@ def _preamble(summary: BenchSummary, command: str) -> list[str]:
     return [f"Job `{summary.job}`: {summary.steps} steps, global batch {summary.global_batch_size}. "
             f"Machine: {m.get('cpus')} CPUs, {m.get('gpus', 0)} GPUs, torch {m.get('torch')}, Ray {m.get('ray')}.",
             f"Command: `{command}`",
-            f"Medians over repeats, (lowest-highest) where they differ. Step time is the median after the "
-            f"warm-up steps; speedup is the sequential reference's median step time over the configuration's, "
+            f"Medians over repeats, (lowest-highest) where they differ. Step time is the median time from "
+            f"one step's end to the next after the warm-up steps; speedup is the sequential reference's median step time over the configuration's, "
             f"efficiency that over the worker count; wall speedup compares whole runs, start-up included. "
             f"Target loss {target}: the time from launch to the first step whose 5-step mean loss reaches it."]
 

@@ -28,12 +28,14 @@ class BenchOptions:
     repeats: int = 1
     target_loss: float | None = None  # default: the reference's last 5-step mean
     address: str | None = None  # a Ray cluster to launch on; default an embedded Ray per run
+    peers: bool = False  # also the DDP job as hand-written torchrun and Ray Train loops (on this machine)
 
 
 def run_bench(spec: JobSpec, options: BenchOptions, out: Path, command: str,
               say: Callable[[str], None]) -> BenchSummary:
     """Raises JobSpecError (unknown strategy, bad worker counts) before anything runs."""
-    configurations, skipped = plan_runs(spec, options.workers, options.strategies, options.steps)
+    configurations, skipped = plan_runs(spec, options.workers, options.strategies, options.steps,
+                                        options.peers)
     out.mkdir(parents=True, exist_ok=True)
     for s in skipped:
         say(f"skipping {s.name}: {s.reason}")

@@ -48,6 +48,7 @@ class Row:
     peak_rss_bytes: int | None = None  # the largest worker's, over repeats
     state_bytes: dict[str, int] = field(default_factory=dict)
     cpu_cores: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # median seconds per part, first repeat
 
 
 @dataclass
@@ -100,6 +101,7 @@ def _row(runs: list[RunMeasures], target: float | None) -> Row:
     row.validation = ok[0].validation
     row.peak_rss_bytes = max((r.peak_rss_bytes for r in ok if r.peak_rss_bytes is not None), default=None)
     row.state_bytes = ok[0].state_bytes
+    row.phases = ok[0].phases
     row.cpu_cores = Spread.of([r.cpu_cores for r in ok]).median if any(r.ranks for r in ok) else None
     return row
 

@@ -19,6 +19,7 @@ from orchestrator.errors import (
     OrchestratorError,
     ResourceError,
     RunDirError,
+    TrackingError,
     VerificationError,
 )
 
@@ -171,7 +172,7 @@ def _run(launcher) -> None:
         launcher.run()
         if launcher.signal is not None:  # stopped by SIGTERM/SIGINT: 143/130, as the shell counts
             raise typer.Exit(128 + launcher.signal)
-    except (DataError, ResourceError, RunDirError) as error:
+    except (DataError, ResourceError, RunDirError, TrackingError) as error:
         raise _fail(str(error), 2) from None
     except VerificationError as error:  # the layout is wrong for this model: change the job
         raise _fail(str(error).replace("\n", "\n  "), 2) from None
@@ -283,6 +284,8 @@ def bench(
     set_: Optional[List[str]] = SetOption,
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to launch on (default: an "
                                           "embedded Ray per run)."),
+    peers: bool = typer.Option(False, "--peers", help="Also the job as a hand-written DDP loop under torchrun "
+                               "and under Ray Train (benchmarks/peers/, on this machine)."),
 ) -> None:
     """Was distributing worth it? The job sequentially, then each strategy at each worker count: speedup,
     efficiency, convergence against the sequential run and resources, as a report with plots."""
@@ -299,7 +302,7 @@ def bench(
     folder = out or Path("bench") / f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if folder.exists() and any(folder.iterdir()):
         raise _fail(f"{folder} is not empty; choose another --out", 2)
-    options = BenchOptions(counts, names, steps, repeats, target_loss, address)
+    options = BenchOptions(counts, names, steps, repeats, target_loss, address, peers)
     try:
         run_bench(spec, options, folder, " ".join(["orchestrator", *sys.argv[1:]]), _say)
     except JobSpecError as error:
@@ -319,6 +322,21 @@ def status(run_dir: str = RunDirArgument, as_json: bool = typer.Option(False, "-
     _job_of(run_dir)
     state = read_status(run_dir)
     typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
+
+
+@app.command()
+def report(run_dir: str = RunDirArgument) -> None:
+    """Plot one run: loss, throughput and workers over time, failures, resizes and checkpoints marked."""
+    from orchestrator.bench.run_report import draw_run
+
+    path = _run_path(run_dir)
+    _job_of(path)
+    try:
+        figures = draw_run(path)
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    for target, said in figures:
+        typer.echo(f"{target}: {said}")
 
 
 @app.command()

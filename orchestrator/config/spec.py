@@ -147,6 +147,11 @@ class TrainSection(Section):
     )
     validate_every: int = Field(0, ge=0, description="Validate every N steps (0: only at the end).")
     log_every: int = Field(10, gt=0, description="Progress line every N steps when not on a terminal.")
+    step_breakdown: bool = Field(
+        False, description="On a GPU, wait for the device at each phase of a step so that metrics.jsonl "
+        "times data, compute and optimizer apart (step_data_s, step_compute_s, step_optimizer_s); "
+        "it slows the step a little. On CPU they are always recorded."
+    )
     audit_samples: bool = Field(
         False, description="Write the sample ids each rank trains on to RUN_DIR/samples/ "
         "(to check that every sample of an epoch is used exactly once)."
@@ -259,6 +264,35 @@ class ChaosSection(Section):
         return bool(self.kill_worker_at_steps or self.kill_probability or self.remove_node_at_steps)
 
 
+class TrackingSection(Section):
+    """Experiment tracking beside the run's own files, written by the driver from them."""
+
+    tensorboard: bool = Field(
+        False, description="TensorBoard event files in RUN_DIR/tensorboard: every step's metrics "
+        "(needs the `tensorboard` package: pip install 'orchestrator[tracking]')."
+    )
+    mlflow: str | None = Field(
+        None, min_length=1, description="MLflow tracking URI: a local database (sqlite:///mlflow.db) or "
+        "a tracking server (http://HOST:5000). Logs the job's settings as params, every step's "
+        "metrics, the summary and the exported weights (needs `mlflow`)."
+    )
+    experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment name (default: the job's name)."
+    )
+
+    @model_validator(mode="after")
+    def _installed(self) -> "TrackingSection":
+        from importlib.util import find_spec
+
+        missing = [f"tracking.{key}: needs the {package!r} package (pip install 'orchestrator[tracking]')"
+                   for key, package, on in (("tensorboard", "tensorboard", self.tensorboard),
+                                            ("mlflow", "mlflow", self.mlflow is not None))
+                   if on and find_spec(package) is None]
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
+
+
 def _strategy_union() -> Any:
     option_models = tuple(spec.options for spec in strategies.STRATEGY_REGISTRY.values())
     if len(option_models) == 1:
@@ -286,6 +320,7 @@ class JobSpec(Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     failure: FailureSection = Field(default_factory=FailureSection)
     chaos: ChaosSection = Field(default_factory=ChaosSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
     # Where job.yaml lives; relative data paths resolve against it. Not a job.yaml key.
     base_dir: Path = Field(default=Path("."), exclude=True)

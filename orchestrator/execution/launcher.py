@@ -26,6 +26,7 @@ from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_hea
 from orchestrator.run.files import RunFiles, atomic_write_text, flush_logs, read_json
 from orchestrator.run.storage import ObjectPath, RunPath, run_path
 from orchestrator.run.summary import write_summary
+from orchestrator.run.tracking import Tracking
 from orchestrator.verify.preflight import launch_check
 
 
@@ -54,6 +55,11 @@ class Launcher:
         if self.spec.scaling.use_gpu and not self.address:
             _require_local_gpu()
         self._open_run_dir()
+        try:
+            self.tracking = Tracking(self.spec, self.run_dir, self.resume)
+        except BaseException:
+            self.lock.release()
+            raise
         started = self._started = time.time()
         _say(f"run directory: {self.run_dir}")
         embedded = start_ray(self.address, _say, worker_env(self.spec, self.run_dir))
@@ -71,6 +77,7 @@ class Launcher:
             self.lock.release()
         flush_logs()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
+        self.tracking.finish(summary)
         if self.signal is not None:
             _say(f"{self.signal.name}: {summary['status']} at step {summary['steps']}; "
                  f"`orchestrator resume {self.run_dir}` continues it")
@@ -136,6 +143,7 @@ class Launcher:
             while thread.is_alive():
                 thread.join(timeout=0.5)
                 progress.update()
+                self.tracking.update()
                 self._pass_on_signal()
                 self._beat()
             flush_logs()

@@ -92,6 +92,10 @@ class RunFiles:
         return self.root / "events.jsonl"
 
     @property
+    def tracking(self) -> RunPath:
+        return self.root / "tracking.json"
+
+    @property
     def usage(self) -> RunPath:
         return self.root / "usage.jsonl"
 

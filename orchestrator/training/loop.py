@@ -34,6 +34,7 @@ from orchestrator.training.directives import DirectiveReader, StepRecords, start
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
+from orchestrator.training.phases import StepPhases
 from orchestrator.training.usage import UsageSampler, write_usage
 from orchestrator.training.model import build_job_model
 
@@ -55,6 +56,7 @@ class Attempt:
     events: EventLog
     flops_per_sample: float | None = None  # counted on rank 0, which writes the metrics
     peak_flops: float | None = None
+    phases: StepPhases | None = None
 
 
 def train(w: WorkerContext) -> str:
@@ -77,7 +79,8 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
                                     timeout=timedelta(seconds=spec.failure.collective_timeout_s))
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
     attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
-                      flops, peak_flops(w.device, spec.train.precision))
+                      flops, peak_flops(w.device, spec.train.precision),
+                      StepPhases(w.device, spec.train.step_breakdown))
     usage.state_bytes = attempt.strategy.memory_bytes
     step = w.step = resume(attempt)
 
@@ -94,7 +97,7 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
         w.step = step + 1
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
-        loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step)
+        loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step, attempt.phases)
         step += 1
         elapsed = time.perf_counter() - started
         agreement = start_agreement(loss_sum, directives.local())  # overlaps the next step
@@ -159,9 +162,12 @@ def resume(attempt: Attempt) -> int:
     return step
 
 
-def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[torch.Tensor, float | None]:
+def train_step(w, strategy, sampler, layout, loss_fn, step: int,
+               phases: StepPhases) -> tuple[torch.Tensor, float | None]:
     """One optimizer step over this rank's share of the global batch; returns this rank's
-    [sum of micro-batch losses, count] (reduced over ranks by `agree`) and the grad norm."""
+    [sum of micro-batch losses, count] (reduced over ranks by `agree`) and the grad norm.
+    `phases` times its parts."""
+    phases.start()
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
     if w.spec.train.audit_samples:
         record_sample_ids(w, step + 1, ids, strategy.dp_rank)
@@ -171,11 +177,14 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int) -> tuple[torch.
     micro_batches = np.split(ids, layout.accumulation)
     for i, micro_ids in enumerate(micro_batches):
         inputs, targets = batch_tensors(w.data.train, micro_ids, w.device)
+        phases.lap("step_data_s")
         with strategy.accumulate(is_last_micro_batch=i == len(micro_batches) - 1):
             loss = strategy.forward_backward(inputs, targets, loss_fn, 1.0 / layout.accumulation)
         if strategy.computes_loss:
             total, count = total + loss.detach().double(), count + 1
+        phases.lap("step_compute_s")
     grad_norm = strategy.step(w.spec.train.grad_clip)
+    phases.lap("step_optimizer_s")
     return torch.tensor([float(total), count], dtype=torch.float64), grad_norm
 
 
@@ -200,6 +209,8 @@ def step_record(attempt: Attempt, sampler, step: int, lr: float,
     record.update(utilisation(attempt.flops_per_sample, record["samples_per_s"],
                               attempt.w.world_size, attempt.peak_flops))
     record.update(strategy.metrics())
+    if attempt.phases is not None:
+        record.update(attempt.phases.record())
     return record
 
 
