@@ -85,6 +85,15 @@ def test_every_number_in_the_report_is_the_runs_own(report):
         assert float(row["peak RSS MiB"]) == pytest.approx(max(r["peak_rss_bytes"] for r in usage) / MB, abs=0.51)
         state = max(sum(r["state_bytes"].values()) for r in _records(runs[name][0] / "usage.jsonl"))
         assert float(row["state MiB"]) == pytest.approx(state / MB, abs=0.0006)
+        # One steady step profiled: what its collectives moved on the busiest worker.
+        comms = [r["comm"] for r in _records(runs[name][0] / "usage.jsonl")]
+        busiest = max(comms, key=lambda c: (c["bytes"], c["seconds"]))
+        assert float(row["comm MiB/step"]) == pytest.approx(busiest["bytes"] / MB, abs=0.0006)
+        if name == "ddp-x2":  # every gradient all-reduced: at least the parameters' bytes
+            assert busiest["bytes"] >= first[-1]["mem_params_bytes"]
+            assert float(row["comm GB/s"]) == pytest.approx(busiest["bytes"] / busiest["seconds"] / 1e9, abs=0.0006)
+        if name == "sequential":  # no process group: nothing exchanged
+            assert busiest["bytes"] == 0
         # Times taken around each run's process: launch to its first step record.
         timed = [r for r in results["runs"] if r["name"] == name]
         first_step = statistics.median(m[0]["time"] - t["started"] for m, t in zip(metrics[name], timed))

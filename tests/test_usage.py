@@ -17,7 +17,7 @@ def _usage(run_dir):
 
 @pytest.mark.parametrize("strategy", [{"name": "ddp"}, {"name": "fsdp"}], ids=["ddp", "fsdp"])
 def test_every_rank_records_what_it_used(strategy, prepared, tmp_path):
-    spec = make_spec(MLP_JOB, strategy=strategy, scaling__workers=2, train__steps=30)
+    spec = make_spec(MLP_JOB, strategy=strategy, scaling__workers=2, train__steps=30, train__profile_step=10)
     train_in_processes(spec, prepared(spec), 2, tmp_path)
     records = _usage(tmp_path)
     assert [r["rank"] for r in records] == [0, 1]
@@ -34,3 +34,12 @@ def test_every_rank_records_what_it_used(strategy, prepared, tmp_path):
         # DDP holds the whole model on each rank; FSDP half of it (rows split over 2 ranks).
         expected = one["mem_params_bytes"] if strategy["name"] == "ddp" else one["mem_params_bytes"] / 2
         assert held == pytest.approx(expected, rel=0.05)
+
+        # Step 10's collectives, from the profiler: the gradients went through them.
+        comm = record["comm"]
+        assert comm["bytes"] == sum(op["bytes"] for op in comm["ops"].values()) and comm["seconds"] > 0
+        if strategy["name"] == "ddp":  # one all-reduce of every gradient (fp32), in buckets
+            assert comm["ops"]["all_reduce"]["bytes"] >= one["mem_params_bytes"]
+            assert comm["ops"]["all_reduce"]["bytes"] < one["mem_params_bytes"] + 1024
+        else:  # gathered for forward and backward, gradients scattered: each about half the model
+            assert comm["bytes"] >= one["mem_params_bytes"]

@@ -48,6 +48,16 @@ class RunMeasures:
         return max(states, key=lambda s: sum(s.values()), default={})
 
     @property
+    def comm(self) -> dict[str, float] | None:
+        """The profiled step's collectives on the rank that moved the most: its bytes and
+        their seconds."""
+        profiled = [r["comm"] for r in self.ranks if r.get("comm")]
+        if not profiled:
+            return None
+        busiest = max(profiled, key=lambda c: (c["bytes"], c["seconds"]))  # among equals, the slowest
+        return {"bytes": busiest["bytes"], "seconds": busiest["seconds"]}
+
+    @property
     def cpu_cores(self) -> float | None:
         """CPU cores the workers kept busy on average, all together."""
         if not self.ranks:

@@ -38,11 +38,15 @@ class Skipped:
 def bench_spec(spec: JobSpec, steps: int | None, strategy: dict[str, Any], workers: int) -> JobSpec:
     """`spec` under `strategy` at `workers`, with nothing else competing for the machine:
     no standby workers, no chaos, no launch check (the bench compares every step with the
-    reference itself). Raises JobSpecError where the job cannot take the layout."""
+    reference itself), and its middle step profiled for communication. Raises
+    JobSpecError where the job cannot take the layout."""
     raw = spec.model_dump(mode="json")
     raw["strategy"] = {**strategy, "verify": False}
     if steps is not None:
         raw["train"]["steps"] = steps
+    # One steady step profiled for what its collectives moved (measure.WARMUP_FRACTION).
+    total = raw["train"]["steps"]
+    raw["train"]["profile_step"] = max(3, total // 2) if total >= 4 else 0
     raw["scaling"].update(workers=workers, spares=0, backend="elastic")
     raw["chaos"] = {}
     return spec_from_dict(raw, base_dir=spec.base_dir)

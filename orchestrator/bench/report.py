@@ -13,7 +13,7 @@ MB = 1 << 20
 
 COLUMNS = ["configuration", "workers", "wall s", "launch to step 1 s", "step ms", "samples/s", "speedup",
            "efficiency", "wall speedup", "time to target s", "max loss deviation", "final loss",
-           "val loss", "peak RSS MiB", "state MiB", "CPU cores"]
+           "val loss", "peak RSS MiB", "state MiB", "CPU cores", "comm MiB/step", "comm GB/s"]
 
 
 def _spread(value: Spread | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -37,7 +37,9 @@ def cells(row: Row) -> list[str]:
             _number(row.max_loss_deviation, ".2e"), _number(row.final_loss, ".4f"),
             _number(row.validation.get("val_loss"), ".4f"),
             _number(row.peak_rss_bytes / MB if row.peak_rss_bytes else None, ".0f"),
-            _number(state, ".3f"), _number(row.cpu_cores, ".2f")]
+            _number(state, ".3f"), _number(row.cpu_cores, ".2f"),
+            _number(row.comm_bytes / MB if row.comm_bytes is not None else None, ".3f"),
+            _number(row.comm_bytes / row.comm_s / 1e9 if row.comm_bytes and row.comm_s else None, ".3f")]
 
 
 def _headline(summary: BenchSummary) -> list[str]:
@@ -71,7 +73,10 @@ def _preamble(summary: BenchSummary, command: str) -> list[str]:
             f"Medians over repeats, (lowest-highest) where they differ. Step time is the median time from "
             f"one step's end to the next after the warm-up steps; speedup is the sequential reference's median step time over the configuration's, "
             f"efficiency that over the worker count; wall speedup compares whole runs, start-up included. "
-            f"Target loss {target}: the time from launch to the first step whose 5-step mean loss reaches it."]
+            f"Target loss {target}: the time from launch to the first step whose 5-step mean loss reaches it. "
+            f"Communication: what one steady step's collectives moved on the busiest worker (each call's "
+            f"input tensor, from PyTorch's profiler) and those bytes over the collectives' own time, "
+            f"waiting included: a lower bound on the bandwidth."]
 
 
 def write_report(summary: BenchSummary, figures: list[Figure], folder: Path, command: str) -> tuple[Path, Path]:

@@ -48,6 +48,8 @@ class Row:
     peak_rss_bytes: int | None = None  # the largest worker's, over repeats
     state_bytes: dict[str, int] = field(default_factory=dict)
     cpu_cores: float | None = None
+    comm_bytes: int | None = None  # one step's collectives, on the worker that moved the most
+    comm_s: float | None = None  # their time (with waiting for the slowest rank)
     phases: dict[str, float] = field(default_factory=dict)  # median seconds per part, first repeat
 
 
@@ -102,6 +104,9 @@ def _row(runs: list[RunMeasures], target: float | None) -> Row:
     row.peak_rss_bytes = max((r.peak_rss_bytes for r in ok if r.peak_rss_bytes is not None), default=None)
     row.state_bytes = ok[0].state_bytes
     row.phases = ok[0].phases
+    comm = ok[0].comm
+    if comm is not None:
+        row.comm_bytes, row.comm_s = comm["bytes"], comm["seconds"]
     row.cpu_cores = Spread.of([r.cpu_cores for r in ok]).median if any(r.ranks for r in ok) else None
     return row
 

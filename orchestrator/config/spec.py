@@ -152,6 +152,11 @@ class TrainSection(Section):
         "times data, compute and optimizer apart (step_data_s, step_compute_s, step_optimizer_s); "
         "it slows the step a little. On CPU they are always recorded."
     )
+    profile_step: int = Field(
+        0, ge=0, description="Profile this step on every rank (0: none): what its collectives moved, "
+        "per operation (calls, bytes, seconds), into usage.jsonl's `comm`. `orchestrator bench` "
+        "sets it to a step after the warm-up."
+    )
     audit_samples: bool = Field(
         False, description="Write the sample ids each rank trains on to RUN_DIR/samples/ "
         "(to check that every sample of an epoch is used exactly once)."

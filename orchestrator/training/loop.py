@@ -29,6 +29,7 @@ from orchestrator.training.batches import batch_tensors
 from orchestrator.training.chaos import Chaos
 from orchestrator.training.checkpoint import CheckpointManager, TrainerState
 from orchestrator.training.collectives import barrier, is_distributed
+from orchestrator.training.comm_profile import CommProfile
 from orchestrator.training.context import WorkerContext
 from orchestrator.training.directives import DirectiveReader, StepRecords, start_agreement
 from orchestrator.training.evaluation import loss_function, validate
@@ -57,6 +58,7 @@ class Attempt:
     flops_per_sample: float | None = None  # counted on rank 0, which writes the metrics
     peak_flops: float | None = None
     phases: StepPhases | None = None
+    comm: CommProfile | None = None
 
 
 def train(w: WorkerContext) -> str:
@@ -80,8 +82,8 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
     attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
                       flops, peak_flops(w.device, spec.train.precision),
-                      StepPhases(w.device, spec.train.step_breakdown))
-    usage.state_bytes = attempt.strategy.memory_bytes
+                      StepPhases(w.device, spec.train.step_breakdown), CommProfile(w.device))
+    usage.state_bytes, usage.comm = attempt.strategy.memory_bytes, attempt.comm
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
@@ -97,7 +99,8 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
         w.step = step + 1
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
-        loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step, attempt.phases)
+        with attempt.comm.step(active=w.step == spec.train.profile_step):
+            loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step, attempt.phases)
         step += 1
         elapsed = time.perf_counter() - started
         agreement = start_agreement(loss_sum, directives.local())  # overlaps the next step

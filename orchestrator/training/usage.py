@@ -31,6 +31,7 @@ class UsageSampler:
         self.interval_s = interval_s
         self.samples: list[list[float]] = []  # [time, CPU cores used since the last, RSS bytes, GPU %]
         self.state_bytes: Callable[[], dict[str, int]] | None = None  # the strategy's, once built
+        self.comm = None  # a CommProfile: what the profiled step's collectives moved
         self._process = psutil.Process()
         self.started = time.time()
         self._cpu_started = _cpu_seconds()
@@ -51,7 +52,7 @@ class UsageSampler:
         """CPU cores used since the previous sample (or the start), memory now."""
         now, cpu = time.time(), _cpu_seconds()
         last_time, last_cpu = self._last
-        self.samples.append([round(now, 3), round((cpu - last_cpu) / max(now - last_time, 1e-9), 3),
+        self.samples.append([now, round((cpu - last_cpu) / max(now - last_time, 1e-9), 3),
                              self._process.memory_info().rss, self._gpu_percent()])
         self._last = (now, cpu)
 
@@ -77,6 +78,8 @@ class UsageSampler:
             found["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if self.state_bytes is not None:
             found["state_bytes"] = self.state_bytes()
+        if self.comm is not None and self.comm.summary is not None:
+            found["comm"] = self.comm.summary
         return found
 
 
