@@ -81,7 +81,7 @@ def test_a_tracking_server_that_is_not_there_stops_the_launch_at_once(tmp_path):
                  "--set", f"tracking.mlflow=http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert result.returncode == 2 and "tracking.mlflow" in result.stderr and "no server" in result.stderr
     assert time.monotonic() - started < 60
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "job.yaml").exists()  # the same --run-dir works once the URI is right
 
 
 def test_a_tracker_that_is_not_installed_is_named_when_the_job_loads(monkeypatch):

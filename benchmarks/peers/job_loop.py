@@ -8,6 +8,7 @@ launched run does, so the bench measures every run the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
         for i, micro in enumerate(np.split(ids, accumulation)):
             inputs, targets = batch_tensors(data.train, micro, torch.device("cpu"))
             last = i == accumulation - 1
-            with (model.no_sync() if not last and hasattr(model, "no_sync") else _nothing()):
+            with (model.no_sync() if not last and hasattr(model, "no_sync") else contextlib.nullcontext()):
                 loss = loss_fn(model(inputs), targets)
                 (loss / accumulation).backward()
             total += torch.tensor([float(loss), 1.0], dtype=torch.float64)
@@ -65,10 +66,3 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
             with open(metrics, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -26,7 +26,7 @@ from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_hea
 from orchestrator.run.files import RunFiles, atomic_write_text, flush_logs, read_json
 from orchestrator.run.storage import ObjectPath, RunPath, run_path
 from orchestrator.run.summary import write_summary
-from orchestrator.run.tracking import Tracking
+from orchestrator.run.tracking import Tracking, check_reachable
 from orchestrator.verify.preflight import launch_check
 
 
@@ -54,6 +54,7 @@ class Launcher:
         refuse_ray_client(self.address)
         if self.spec.scaling.use_gpu and not self.address:
             _require_local_gpu()
+        check_reachable(self.spec)  # before the run directory holds this run
         self._open_run_dir()
         try:
             self.tracking = Tracking(self.spec, self.run_dir, self.resume)

@@ -84,7 +84,6 @@ class _MlflowRun:
     def __init__(self, spec: JobSpec, files: RunFiles) -> None:
         from mlflow.tracking import MlflowClient
 
-        _reachable(spec.tracking.mlflow)
         self.files = files
         self.client = MlflowClient(tracking_uri=spec.tracking.mlflow)
         known = read_json(files.tracking) or {}
@@ -130,20 +129,26 @@ class _MlflowRun:
         self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(summary.get("status"), "FAILED"))
 
 
-def _reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """A tracking server's port answers, checked at once: MLflow's client would retry a
-    wrong address for minutes before it gave up."""
+def check_reachable(spec: JobSpec, timeout_s: float = 5.0) -> None:
+    """A tracking server's port answers: checked before the run directory is touched, since
+    MLflow's client would retry a wrong address for minutes before it gave up.
+
+    Raises:
+        TrackingError: naming the key and the address that did not answer.
+    """
     import socket
     from urllib.parse import urlparse
 
-    parts = urlparse(uri)
+    uri = spec.tracking.mlflow
+    parts = urlparse(uri or "")
     if parts.scheme not in ("http", "https"):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except OSError as error:
-        raise ConnectionError(f"no server at {parts.hostname}:{port} ({error.strerror or error})") from None
+        raise TrackingError(f"tracking.mlflow: cannot log to {uri!r}: no server at {parts.hostname}:{port} "
+                            f"({error.strerror or error}); check the URI, or remove tracking.mlflow") from None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
