@@ -79,10 +79,11 @@ class Strategy:
     def dp_size(self) -> int:
         return self.dims.dp
 
-    @property
-    def computes_loss(self) -> bool:
-        """Whether this rank sees the model's output (all but early pipeline stages)."""
-        return True
+    # Whether this rank sees the model's output (all but early pipeline stages), and whether
+    # a micro-batch's forward ends, with its loss, before its backward starts (a pipeline
+    # schedule interleaves them). Pipelined strategies say otherwise.
+    computes_loss = True
+    forward_precedes_backward = True
 
     # ---- setup ------------------------------------------------------------------------
     def configure_steps(self, shape: StepShape) -> None:
@@ -94,14 +95,8 @@ class Strategy:
         """Told once, before `setup`: recomputation and compilation of the blocks."""
         self.block_compute = options
 
-    def setup(
-        self,
-        model: nn.Module,
-        make_optimizer: OptimizerFactory,
-        make_scheduler: SchedulerFactory,
-        device: torch.device,
-        precision: str,
-    ) -> None:
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory, make_scheduler: SchedulerFactory,
+              device: torch.device, precision: str) -> None:
         """Place, wrap and shard `model`; build its optimizer and schedule.
 
         Strategies say how they transform the model in `parallelize`; one whose engine must

@@ -219,6 +219,10 @@ class ModelParallelStrategy(Strategy):
     def computes_loss(self) -> bool:
         return self.pipeline is None or self.pipeline.is_last
 
+    @property
+    def forward_precedes_backward(self) -> bool:
+        return self.pipeline is None
+
     def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
         dims, config = self.dims, self.config
         self.mesh = init_device_mesh(device.type, (dims.dp, dims.pp, dims.tp), mesh_dim_names=("dp", "pp", "tp"))

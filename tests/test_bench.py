@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.bench.plan import plan_runs
+from orchestrator.bench.summary import Row, Spread, step_parts
 from orchestrator.config.loading import load_spec
 from orchestrator.errors import JobSpecError
 
@@ -92,8 +93,11 @@ def test_every_number_in_the_report_is_the_runs_own(report):
         if name == "ddp-x2":  # every gradient all-reduced: at least the parameters' bytes
             assert busiest["bytes"] >= first[-1]["mem_params_bytes"]
             assert float(row["comm GB/s"]) == pytest.approx(busiest["bytes"] / busiest["seconds"] / 1e9, abs=0.0006)
-        if name == "sequential":  # no process group: nothing exchanged
-            assert busiest["bytes"] == 0
+        if name == "sequential":  # no process group: nothing exchanged, nothing waited for
+            assert busiest["bytes"] == 0 and float(row["comm waited ms"]) == 0
+        assert float(row["comm waited ms"]) == pytest.approx(sum(busiest["exposed_s"].values()) * 1000, abs=0.006)
+        activations = max(r["activation_bytes"] for r in _records(runs[name][0] / "usage.jsonl"))
+        assert float(row["activations MiB"]) == pytest.approx(activations / MB, abs=0.0006) and activations > 0
         # Times taken around each run's process: launch to its first step record.
         timed = [r for r in results["runs"] if r["name"] == name]
         first_step = statistics.median(m[0]["time"] - t["started"] for m, t in zip(metrics[name], timed))
@@ -104,6 +108,7 @@ def test_every_number_in_the_report_is_the_runs_own(report):
         for record in first:
             parts = [record[key] for key in ("step_data_s", "step_compute_s", "step_optimizer_s")]
             assert all(p >= 0 for p in parts) and sum(parts) <= record["step_time_s"] + 1e-4
+            assert record["step_compute_s"] == pytest.approx(record["step_forward_s"] + record["step_backward_s"])
     # The same job at the same seed: a data-parallel run's losses are the reference's.
     assert float(table["ddp-x2"]["max loss deviation"]) < 1e-5
 
@@ -160,3 +165,25 @@ def test_peers_train_the_same_job_as_hand_written_loops(tmp_path):
         for got, want in zip(records, reference):
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), f"{peer} step {got['step']}"
         assert float(table[peer]["speedup"]) == pytest.approx(_steady(reference) / _steady(records), abs=0.0051)
+
+
+def test_a_step_is_split_into_its_parts_with_the_waiting_shown_apart():
+
+
+    row = Row("ddp-x2", "ddp", 2, 1, step_s=Spread(0.010, 0.010, 0.010))
+    row.phases = {"step_data_s": 0.001, "step_compute_s": 0.006, "step_forward_s": 0.002,
+                  "step_backward_s": 0.004, "step_optimizer_s": 0.002}
+    # The profiled step (slower) waited half its backward and none of the rest.
+    row.exposed_s = {"step_data_s": 0.0, "step_forward_s": 0.0, "step_backward_s": 0.003, "step_optimizer_s": 0.0}
+    row.profiled_phase_s = {"step_data_s": 0.002, "step_forward_s": 0.004, "step_backward_s": 0.006,
+                            "step_optimizer_s": 0.003}
+    parts = step_parts(row)
+    assert list(parts) == ["data", "forward", "backward", "optimizer", "communication waited for", "between steps"]
+    assert parts == pytest.approx({"data": 0.001, "forward": 0.002, "backward": 0.002, "optimizer": 0.002,
+                                   "communication waited for": 0.002, "between steps": 0.001})
+    # A pipeline interleaves forward and backward; a GPU knows the waiting for the whole step.
+    row.phases = {"step_data_s": 0.001, "step_compute_s": 0.006, "step_optimizer_s": 0.002}
+    row.exposed_s, row.profiled_phase_s = {"step": 0.001}, {"step": 0.020}
+    parts = step_parts(row)
+    assert parts == pytest.approx({"data": 0.001, "forward + backward": 0.0055, "optimizer": 0.002,
+                                   "communication waited for": 0.0005, "between steps": 0.001})

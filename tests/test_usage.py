@@ -22,8 +22,9 @@ def test_every_rank_records_what_it_used(strategy, prepared, tmp_path):
     records = _usage(tmp_path)
     assert [r["rank"] for r in records] == [0, 1]
     assert len({r["pid"] for r in records}) == 2
-    whole = make_spec(MLP_JOB, strategy={"name": "ddp"}, scaling__workers=1)
+    whole = make_spec(MLP_JOB, strategy={"name": "ddp"}, scaling__workers=1, train__profile_step=10)
     one = train_in_processes(whole, prepared(whole), 1, tmp_path / "one")[-1]
+    alone = _usage(tmp_path / "one")[0]
     for record in records:
         assert record["step"] == 30 and record["world_size"] == 2
         assert record["ended"] > record["started"] and record["cpu_s"] > 0
@@ -43,3 +44,27 @@ def test_every_rank_records_what_it_used(strategy, prepared, tmp_path):
             assert comm["ops"]["all_reduce"]["bytes"] < one["mem_params_bytes"] + 1024
         else:  # gathered for forward and backward, gradients scattered: each about half the model
             assert comm["bytes"] >= one["mem_params_bytes"]
+
+        # How long step 10 waited for them, phase by phase: never more than the phase took,
+        # nor than the collectives ran.
+        exposed, took = comm["exposed_s"], comm["phase_s"]
+        assert set(exposed) == set(took) == {"step_data_s", "step_forward_s", "step_backward_s", "step_optimizer_s"}
+        assert all(0 <= exposed[phase] <= took[phase] for phase in exposed)
+        assert sum(exposed.values()) <= comm["seconds"] + 1e-3
+        if strategy["name"] == "ddp":  # gradients are all-reduced in backward and nowhere else
+            # (the gloo thread closes its record a little after it woke the training thread)
+            assert exposed["step_forward_s"] < 1e-3 and exposed["step_optimizer_s"] < 1e-3
+        else:  # FSDP gathers the layers' weights in forward and waits for the first one at least
+            assert exposed["step_forward_s"] > 0
+
+        # Activations kept for backward: a micro-batch of 8 rows keeps the same on every rank
+        # as on one worker; FSDP's gathered weights are not counted as activations.
+        assert record["activation_bytes"] == alone["activation_bytes"]
+    assert alone["activation_bytes"] >= 8 * (12 + 32 + 32) * 4  # the input and both hidden layers' outputs
+
+
+def test_steps_time_forward_and_backward_apart(prepared, tmp_path):
+    spec = make_spec(MLP_JOB, strategy={"name": "ddp"}, scaling__workers=1, train__steps=5)
+    for record in train_in_processes(spec, prepared(spec), 1, tmp_path):
+        assert record["step_forward_s"] > 0 and record["step_backward_s"] > 0
+        assert record["step_compute_s"] == pytest.approx(record["step_forward_s"] + record["step_backward_s"])

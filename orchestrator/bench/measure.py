@@ -9,7 +9,7 @@ from typing import Any
 from orchestrator.bench.execute import Executed
 from orchestrator.run.files import RunFiles, read_jsonl
 from orchestrator.run.records import RunRecords
-from orchestrator.training.phases import PHASES
+from orchestrator.training.phases import COMPUTE_PARTS, PHASES
 
 # Steps before this fraction of the run (at least 2) are warm-up, left out of the
 # steady step time: the first steps allocate, compile and fill caches.
@@ -48,14 +48,20 @@ class RunMeasures:
         return max(states, key=lambda s: sum(s.values()), default={})
 
     @property
-    def comm(self) -> dict[str, float] | None:
-        """The profiled step's collectives on the rank that moved the most: its bytes and
-        their seconds."""
+    def comm(self) -> dict[str, Any] | None:
+        """The profiled step's collectives on the rank that moved the most: its bytes, their
+        seconds, and how long each phase of its step took and waited for them."""
         profiled = [r["comm"] for r in self.ranks if r.get("comm")]
         if not profiled:
             return None
         busiest = max(profiled, key=lambda c: (c["bytes"], c["seconds"]))  # among equals, the slowest
-        return {"bytes": busiest["bytes"], "seconds": busiest["seconds"]}
+        return {key: busiest[key] for key in ("bytes", "seconds", "exposed_s", "phase_s")}
+
+    @property
+    def activation_bytes(self) -> int | None:
+        """The most the profiled step's activations held at once, on the rank holding most."""
+        return max((r["activation_bytes"] for r in self.ranks if r.get("activation_bytes") is not None),
+                   default=None)
 
     @property
     def cpu_cores(self) -> float | None:
@@ -79,7 +85,7 @@ def measure(executed: Executed) -> RunMeasures:
     if steps:
         found.first_step_s = steps[0]["time"] - executed.started
         found.step_s = steady_step_s([r["time"] for r in steps]) if len(steps) > 2 else steps[-1]["step_time_s"]
-        found.phases = {key: steady_median([r[key] for r in steps]) for key in PHASES
+        found.phases = {key: steady_median([r[key] for r in steps]) for key in PHASES + COMPUTE_PARTS
                         if all(key in r for r in steps)}
         found.samples_per_s = c.spec.train.global_batch_size / found.step_s
         found.losses = [r["loss"] for r in steps]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.bench.measure import RunMeasures
 from orchestrator.bench.plan import SEQUENTIAL
-from orchestrator.bench.summary import BenchSummary, Row
+from orchestrator.bench.summary import BenchSummary, Row, step_parts
 from orchestrator.training.usage import SAMPLE_S
 
 MB = 1 << 20
@@ -157,40 +157,38 @@ def _throughput(rows: list[Row], folder: Path) -> Figure | None:
     return Figure("throughput.png", "Throughput", f"Samples per second in steady state: {said}.")
 
 
-PHASE_LABELS = {"step_data_s": "data", "step_compute_s": "forward + backward",
-                "step_optimizer_s": "optimizer (+ sharded reduction)"}
+PART_NOTES = {"forward + backward": "forward + backward (a pipeline schedule interleaves them)",
+              "optimizer": "optimizer (+ sharded reduction)",
+              "communication waited for": "communication waited for (its share of each phase, profiled)",
+              "between steps": "between steps (records, agreement, checkpoints)"}
 
 
 def _breakdown(rows: list[Row], folder: Path) -> Figure | None:
     import matplotlib.pyplot as plt
 
-    rows = [row for row in rows if row.phases]
-    if not rows:
+    parts = {row.name: step_parts(row) for row in rows if row.phases}
+    if not parts:
         return None
-    fig, axis = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8))
-    names = [row.name for row in rows]
-    left = [0.0] * len(rows)
-    parts = {**{key: [row.phases.get(key, 0.0) * 1000 for row in rows] for key in PHASE_LABELS},
-             "other": [max(0.0, row.step_s.median - sum(row.phases.values())) * 1000 for row in rows]}
-    for key, widths in parts.items():
-        label = PHASE_LABELS.get(key, "between steps (records, agreement, checkpoints)")
-        axis.barh(names, widths, left=left, label=label)
+    names = list(parts)
+    labels = list(dict.fromkeys(label for found in parts.values() for label in found))
+    fig, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.8))
+    left = [0.0] * len(names)
+    for label in labels:
+        widths = [parts[name].get(label, 0.0) * 1000 for name in names]
+        axis.barh(names, widths, left=left, label=PART_NOTES.get(label, label))
         left = [a + b for a, b in zip(left, widths)]
     axis.invert_yaxis()
     axis.set(xlabel="milliseconds per step (medians)", title="Where a step's time goes")
     _legend_outside(axis)
     _save(fig, folder, "breakdown.png")
-    said = "; ".join(f"{row.name}: forward + backward {_share(row, 'step_compute_s')}, optimizer "
-                     f"{_share(row, 'step_optimizer_s')}, data {_share(row, 'step_data_s')}" for row in rows)
+    said = "; ".join(f"{name}: " + ", ".join(f"{label} {seconds / sum(found.values()):.0%}"
+                                              for label, seconds in found.items() if seconds > 0)
+                     for name, found in parts.items())
     return Figure("breakdown.png", "Step-time breakdown",
-                  "Median time of each part of a step, stacked: data, forward and backward (with the "
-                  "communication they do not hide: DDP's gradient all-reduce, FSDP's gathers), the "
-                  "optimizer (with ZeRO's reduction) and what the loop does between steps. "
-                  f"Shares of the step: {said}.")
-
-
-def _share(row: Row, key: str) -> str:
-    return f"{row.phases.get(key, 0.0) / row.step_s.median:.0%}"
+                  "Median time of each part of a step, stacked: data, forward, backward, the optimizer (with "
+                  "ZeRO's reduction), the time the step waited for collectives that computation did not hide "
+                  "(from the profiled step, taken out of the part it fell in) and what the loop does between "
+                  f"steps. Shares of the step: {said}.")
 
 
 def _memory(rows: list[Row], folder: Path) -> Figure | None:
@@ -202,11 +200,11 @@ def _memory(rows: list[Row], folder: Path) -> Figure | None:
     fig, axis = plt.subplots(figsize=(max(7, 1.1 * len(rows) + 2), 4.5))
     positions = range(len(rows))
     bottom = [0.0] * len(rows)
-    for part in ("params", "grads", "optimizer"):
-        heights = [row.state_bytes.get(part, 0) / MB for row in rows]
+    for part in ("params", "grads", "optimizer", "activations"):
+        heights = [_held(row, part) / MB for row in rows]
         axis.bar([p - 0.2 for p in positions], heights, 0.4, bottom=bottom, label=part)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    axis.set_ylabel("state per worker (MiB)")
+    axis.set_ylabel("held by a worker (MiB)")
     process = axis.twinx()
     process.bar([p + 0.2 for p in positions], [(row.peak_rss_bytes or 0) / MB for row in rows], 0.4,
                 color="lightgray", edgecolor="gray", label="peak process memory (RSS)")
@@ -217,12 +215,18 @@ def _memory(rows: list[Row], folder: Path) -> Figure | None:
     axis.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left",
                 bbox_to_anchor=(1.12, 1.0), borderaxespad=0)  # right of the second axis' label
     _save(fig, folder, "memory.png")
-    said = ", ".join(f"{row.name} {sum(row.state_bytes.values()) / MB:.2f} MiB state / "
+    said = ", ".join(f"{row.name} {sum(row.state_bytes.values()) / MB:.2f} MiB state + "
+                     f"{_held(row, 'activations') / MB:.2f} MiB activations / "
                      f"{(row.peak_rss_bytes or 0) / MB:.0f} MiB RSS" for row in rows)
     return Figure("memory.png", "Memory per worker",
-                  "Parameters, gradients and optimizer state on the worker holding the most (left axis, "
-                  "stacked) and the peak resident memory of the largest worker process (right axis, "
-                  f"grey; it includes the framework). {said}.")
+                  "Parameters, gradients and optimizer state on the worker holding the most, and the most its "
+                  "activations (the tensors kept for backward, in the profiled step) held at once (left axis, "
+                  "stacked); the peak resident memory of the largest worker process (right axis, grey; it "
+                  f"includes the framework). {said}.")
+
+
+def _held(row: Row, part: str) -> int:
+    return (row.activation_bytes or 0) if part == "activations" else row.state_bytes.get(part, 0)
 
 
 def _utilisation(first: dict[str, RunMeasures], folder: Path) -> Figure | None:

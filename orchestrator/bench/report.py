@@ -13,7 +13,8 @@ MB = 1 << 20
 
 COLUMNS = ["configuration", "workers", "wall s", "launch to step 1 s", "step ms", "samples/s", "speedup",
            "efficiency", "wall speedup", "time to target s", "max loss deviation", "final loss",
-           "val loss", "peak RSS MiB", "state MiB", "CPU cores", "comm MiB/step", "comm GB/s"]
+           "val loss", "peak RSS MiB", "state MiB", "activations MiB", "CPU cores", "comm MiB/step", "comm GB/s",
+           "comm waited ms"]
 
 
 def _spread(value: Spread | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -37,9 +38,11 @@ def cells(row: Row) -> list[str]:
             _number(row.max_loss_deviation, ".2e"), _number(row.final_loss, ".4f"),
             _number(row.validation.get("val_loss"), ".4f"),
             _number(row.peak_rss_bytes / MB if row.peak_rss_bytes else None, ".0f"),
-            _number(state, ".3f"), _number(row.cpu_cores, ".2f"),
+            _number(state, ".3f"), _number(row.activation_bytes / MB if row.activation_bytes else None, ".3f"),
+            _number(row.cpu_cores, ".2f"),
             _number(row.comm_bytes / MB if row.comm_bytes is not None else None, ".3f"),
-            _number(row.comm_bytes / row.comm_s / 1e9 if row.comm_bytes and row.comm_s else None, ".3f")]
+            _number(row.comm_bytes / row.comm_s / 1e9 if row.comm_bytes and row.comm_s else None, ".3f"),
+            _number(sum(row.exposed_s.values()) * 1000 if row.exposed_s else None, ".2f")]
 
 
 def _headline(summary: BenchSummary) -> list[str]:

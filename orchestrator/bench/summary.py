@@ -50,6 +50,9 @@ class Row:
     cpu_cores: float | None = None
     comm_bytes: int | None = None  # one step's collectives, on the worker that moved the most
     comm_s: float | None = None  # their time (with waiting for the slowest rank)
+    exposed_s: dict[str, float] = field(default_factory=dict)  # per phase, the profiled step waiting for them
+    profiled_phase_s: dict[str, float] = field(default_factory=dict)  # and how long its phases took
+    activation_bytes: int | None = None  # the profiled step's, at their most, on the worker holding most
     phases: dict[str, float] = field(default_factory=dict)  # median seconds per part, first repeat
 
 
@@ -107,6 +110,8 @@ def _row(runs: list[RunMeasures], target: float | None) -> Row:
     comm = ok[0].comm
     if comm is not None:
         row.comm_bytes, row.comm_s = comm["bytes"], comm["seconds"]
+        row.exposed_s, row.profiled_phase_s = comm["exposed_s"], comm["phase_s"]
+    row.activation_bytes = ok[0].activation_bytes
     row.cpu_cores = Spread.of([r.cpu_cores for r in ok]).median if any(r.ranks for r in ok) else None
     return row
 
@@ -120,3 +125,30 @@ def _against(row: Row, reference: Row, reference_run: RunMeasures, runs: list[Ru
     row.loss_deviation = [abs(got - want) / max(abs(want), 1e-12)
                           for got, want in zip(runs[0].losses, reference_run.losses)]
     row.max_loss_deviation = max(row.loss_deviation, default=None)
+
+
+def step_parts(row: Row) -> dict[str, float]:
+    """The median step of a configuration in its parts, in seconds, in the order they
+    happen. The share of each phase the profiled step spent waiting for collectives is
+    taken out of that phase and shown as a part of its own (on a GPU it is known for the
+    whole step only: it comes out of backward). What is left of the step is the loop's own."""
+    if not row.phases or row.step_s is None:
+        return {}
+    phases = dict(row.phases)
+    split = "step_forward_s" in phases
+    shares = {phase: min(1.0, seconds / row.profiled_phase_s[phase]) if row.profiled_phase_s.get(phase) else 0.0
+              for phase, seconds in row.exposed_s.items()}
+    if "step" in shares:  # a GPU's
+        phase = "step_backward_s" if split else "step_compute_s"
+        waited = {phase: min(shares["step"] * row.step_s.median, phases[phase])}
+    else:
+        waited = {phase: share * phases.get(phase, 0.0) for phase, share in shares.items()}
+    order = ["step_data_s"] + (["step_forward_s", "step_backward_s"] if split else ["step_compute_s"])
+    parts = {STEP_PARTS[p]: phases[p] - waited.get(p, 0.0) for p in order + ["step_optimizer_s"]}
+    parts["communication waited for"] = sum(waited.values())
+    parts["between steps"] = max(0.0, row.step_s.median - sum(phases[p] for p in order + ["step_optimizer_s"]))
+    return parts
+
+
+STEP_PARTS = {"step_data_s": "data", "step_forward_s": "forward", "step_backward_s": "backward",
+              "step_compute_s": "forward + backward", "step_optimizer_s": "optimizer"}

@@ -29,13 +29,13 @@ from orchestrator.training.batches import batch_tensors
 from orchestrator.training.chaos import Chaos
 from orchestrator.training.checkpoint import CheckpointManager, TrainerState
 from orchestrator.training.collectives import barrier, is_distributed
-from orchestrator.training.comm_profile import CommProfile
 from orchestrator.training.context import WorkerContext
 from orchestrator.training.directives import DirectiveReader, StepRecords, start_agreement
 from orchestrator.training.evaluation import loss_function, validate
 from orchestrator.training.flops import flops_per_sample, peak_flops, utilisation
 from orchestrator.training.optim import build_optimizer, build_scheduler
 from orchestrator.training.phases import StepPhases
+from orchestrator.training.step_profile import StepProfile
 from orchestrator.training.usage import UsageSampler, write_usage
 from orchestrator.training.model import build_job_model
 
@@ -58,7 +58,7 @@ class Attempt:
     flops_per_sample: float | None = None  # counted on rank 0, which writes the metrics
     peak_flops: float | None = None
     phases: StepPhases | None = None
-    comm: CommProfile | None = None
+    profile: StepProfile | None = None
 
 
 def train(w: WorkerContext) -> str:
@@ -80,10 +80,11 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
                                     background=spec.checkpoint.async_save,
                                     timeout=timedelta(seconds=spec.failure.collective_timeout_s))
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
-    attempt = Attempt(w, layout, build_strategy(w, layout), checkpoints, events,
-                      flops, peak_flops(w.device, spec.train.precision),
-                      StepPhases(w.device, spec.train.step_breakdown), CommProfile(w.device))
-    usage.state_bytes, usage.comm = attempt.strategy.memory_bytes, attempt.comm
+    phases = StepPhases(w.device, spec.train.step_breakdown)
+    strategy = build_strategy(w, layout)
+    attempt = Attempt(w, layout, strategy, checkpoints, events, flops, peak_flops(w.device, spec.train.precision),
+                      phases, StepProfile(w.device, strategy.model, phases))
+    usage.state_bytes, usage.profile = strategy.memory_bytes, attempt.profile
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
@@ -99,7 +100,7 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
         w.step = step + 1
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
-        with attempt.comm.step(active=w.step == spec.train.profile_step):
+        with attempt.profile.step(active=w.step == spec.train.profile_step):
             loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step, attempt.phases)
         step += 1
         elapsed = time.perf_counter() - started
@@ -178,14 +179,17 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int,
     # waited for after every micro-batch, only once the step is done.
     total, count = torch.zeros((), dtype=torch.float64, device=w.device), 0
     micro_batches = np.split(ids, layout.accumulation)
+    # Where forward ends is where the loss is computed, unless a schedule interleaves them.
+    split = strategy.forward_precedes_backward
+    micro_loss_fn = phases.ending_forward(loss_fn) if split else loss_fn
     for i, micro_ids in enumerate(micro_batches):
         inputs, targets = batch_tensors(w.data.train, micro_ids, w.device)
         phases.lap("step_data_s")
         with strategy.accumulate(is_last_micro_batch=i == len(micro_batches) - 1):
-            loss = strategy.forward_backward(inputs, targets, loss_fn, 1.0 / layout.accumulation)
+            loss = strategy.forward_backward(inputs, targets, micro_loss_fn, 1.0 / layout.accumulation)
         if strategy.computes_loss:
             total, count = total + loss.detach().double(), count + 1
-        phases.lap("step_compute_s")
+        phases.lap("step_backward_s" if split else "step_compute_s")
     grad_norm = strategy.step(w.spec.train.grad_clip)
     phases.lap("step_optimizer_s")
     return torch.tensor([float(total), count], dtype=torch.float64), grad_norm

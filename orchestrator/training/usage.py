@@ -31,7 +31,7 @@ class UsageSampler:
         self.interval_s = interval_s
         self.samples: list[list[float]] = []  # [time, CPU cores used since the last, RSS bytes, GPU %]
         self.state_bytes: Callable[[], dict[str, int]] | None = None  # the strategy's, once built
-        self.comm = None  # a CommProfile: what the profiled step's collectives moved
+        self.profile = None  # a StepProfile: what the profiled step did
         self._process = psutil.Process()
         self.started = time.time()
         self._cpu_started = _cpu_seconds()
@@ -78,8 +78,8 @@ class UsageSampler:
             found["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
         if self.state_bytes is not None:
             found["state_bytes"] = self.state_bytes()
-        if self.comm is not None and self.comm.summary is not None:
-            found["comm"] = self.comm.summary
+        if self.profile is not None:
+            found.update(self.profile.findings())
         return found
 
 
