@@ -7,6 +7,7 @@ Exercised by: pytest tests/test_bench.py
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,9 +25,9 @@ QUICKSTART = ROOT / "examples/quickstart.yaml"
 MB = 1 << 20
 
 
-def bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", "bench", str(QUICKSTART), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +188,21 @@ def test_a_step_is_split_into_its_parts_with_the_waiting_shown_apart():
     parts = step_parts(row)
     assert parts == pytest.approx({"data": 0.001, "forward + backward": 0.0055, "optimizer": 0.002,
                                    "communication waited for": 0.0005, "between steps": 0.001})
+
+
+@pytest.mark.e2e
+@pytest.mark.cluster
+def test_bench_launches_on_a_cluster_and_says_the_reference_ran_here(tmp_path):
+    """--address: the launcher's configurations run on a two-node `ray start` cluster; the
+    sequential reference stays on this machine, and the report says so."""
+    from tests.servers import ray_cluster
+
+    with ray_cluster({}, head_cpus=1, node_cpus=1) as cluster:
+        env = {**os.environ, **{k: v for k, v in cluster.items() if k.startswith("RAY_")}}
+        out = tmp_path / "out"
+        result = bench("--workers", "2", "--strategies", "ddp", "--steps", "20", "--address", cluster["gcs"],
+                       "--out", str(out), env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"ran on the Ray cluster at {cluster['gcs']}" in (out / "report.md").read_text()
+    table = _table((out / "report.md").read_text())
+    assert list(table) == ["sequential", "ddp-x2"] and float(table["ddp-x2"]["max loss deviation"]) < 1e-5

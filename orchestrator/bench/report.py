@@ -79,7 +79,18 @@ def _preamble(summary: BenchSummary, command: str) -> list[str]:
             f"Target loss {target}: the time from launch to the first step whose 5-step mean loss reaches it. "
             f"Communication: what one steady step's collectives moved on the busiest worker (each call's "
             f"input tensor, from PyTorch's profiler) and those bytes over the collectives' own time, "
-            f"waiting included: a lower bound on the bandwidth."]
+            f"waiting included: a lower bound on the bandwidth. Comm waited: the time the profiled step "
+            f"spent waiting for collectives with nothing computed (the breakdown plot applies each phase's "
+            f"share of it to the phase's median). Activations: the most the tensors kept for backward held at "
+            f"once in the profiled step."] + _where(m)
+
+
+def _where(machine: dict) -> list[str]:
+    if not machine.get("cluster"):
+        return []
+    return [f"The launcher's configurations ran on the Ray cluster at {machine['cluster']}; the sequential "
+            f"reference and the peers ran on this machine (the one described above), so their ratios compare "
+            f"different hardware."]
 
 
 def write_report(summary: BenchSummary, figures: list[Figure], folder: Path, command: str) -> tuple[Path, Path]:

@@ -49,7 +49,7 @@ def run_bench(spec: JobSpec, options: BenchOptions, out: Path, command: str,
             say("  " + _describe(run))
     steps = configurations[0].spec.train.steps
     summary = summarize(runs, skipped, spec.name, steps, spec.train.global_batch_size, options.target_loss,
-                        machine())
+                        machine(options.address))
     from orchestrator.bench.plots import draw_all
     from orchestrator.bench.report import write_report
 
@@ -70,11 +70,13 @@ def _describe(run: RunMeasures) -> str:
             f"final loss {run.losses[-1]:.4f}")
 
 
-def machine() -> dict:
+def machine(address: str | None = None) -> dict:
+    """This machine, where the sequential reference and the peers run; `cluster` is where
+    the launcher's configurations ran, when not here."""
     import ray
     import torch
 
-    found = {"cpus": len(os.sched_getaffinity(0)), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+    found = {"cluster": address, "cpus": len(os.sched_getaffinity(0)), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
              "ray": ray.__version__, "python": platform.python_version(), "host": platform.node()}
     if found["gpus"]:
         found["gpu"] = torch.cuda.get_device_name(0)
