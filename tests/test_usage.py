@@ -3,6 +3,7 @@ with the state the strategy left on that rank, in real gloo processes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,26 @@ def test_steps_time_forward_and_backward_apart(prepared, tmp_path):
     for record in train_in_processes(spec, prepared(spec), 1, tmp_path):
         assert record["step_forward_s"] > 0 and record["step_backward_s"] > 0
         assert record["step_compute_s"] == pytest.approx(record["step_forward_s"] + record["step_backward_s"])
+
+
+def test_plan_counts_the_activations_a_real_forward_keeps():
+    """`plan` counts activations on the meta device the way a profiled step counts them on
+    a real one: the tensors autograd keeps for backward, parameters left out."""
+    import torch
+
+    from orchestrator.config.loading import load_spec
+    from orchestrator.data.model_arguments import example_input, model_arguments
+    from orchestrator.planning.memory import estimate_memory
+    from orchestrator.training.activations import SavedActivations
+    from orchestrator.training.model import build_job_model
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "quickstart.yaml")
+    arguments = model_arguments(spec)
+    model = build_job_model(spec, arguments)
+    inputs = torch.randn(example_input(spec, arguments, 32).shape)
+    estimate = estimate_memory(model, spec, inputs).activations
+    counted = SavedActivations(model)
+    with counted.tracking():
+        model(inputs)
+    # The input and each hidden layer's output (ReLU keeps its output; the next layer the same)
+    assert estimate == counted.peak_bytes > inputs.numel() * 4

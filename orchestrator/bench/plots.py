@@ -157,6 +157,8 @@ def _throughput(rows: list[Row], folder: Path) -> Figure | None:
     return Figure("throughput.png", "Throughput", f"Samples per second in steady state: {said}.")
 
 
+PART_ORDER = ["data", "forward", "backward", "forward + backward", "optimizer", "communication waited for",
+              "between steps"]
 PART_NOTES = {"forward + backward": "forward + backward (a pipeline schedule interleaves them)",
               "optimizer": "optimizer (+ sharded reduction)",
               "communication waited for": "communication waited for (its share of each phase, profiled)",
@@ -170,7 +172,8 @@ def _breakdown(rows: list[Row], folder: Path) -> Figure | None:
     if not parts:
         return None
     names = list(parts)
-    labels = list(dict.fromkeys(label for found in parts.values() for label in found))
+    drawn = {label for found in parts.values() for label in found}
+    labels = [label for label in PART_ORDER if label in drawn]
     fig, axis = plt.subplots(figsize=(8, 0.45 * len(names) + 1.8))
     left = [0.0] * len(names)
     for label in labels:

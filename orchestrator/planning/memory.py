@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import strategies
+from orchestrator.training.activations import SavedActivations
 
 if TYPE_CHECKING:
     from orchestrator.config.spec import JobSpec
@@ -49,8 +50,8 @@ def estimate_memory(
     Parameter, gradient and optimizer bytes are counted from the model, and divided
     by `dp` where the strategy shards them (the ZeRO paper's accounting, all fp32);
     activations from one micro-batch forward pass on the meta device (no real
-    memory is used), as the sum of every module's output size, which is what
-    autograd keeps.
+    memory is used): the tensors autograd keeps for backward, counted as a run's
+    profiled step counts them (orchestrator/training/activations.py).
     """
     n_params = sum(p.numel() for p in model.parameters())
     per_value = 4  # fp32 master weights, gradients and optimizer state
@@ -78,23 +79,14 @@ def estimate_memory(
 
 
 def _activation_bytes(model: torch.nn.Module, example_input: torch.Tensor) -> int | None:
-    total = 0
-
-    def count(_module, _inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
     meta_model = _copy_to_meta(model)
-    handles = [m.register_forward_hook(count) for m in meta_model.modules() if not list(m.children())]
+    activations = SavedActivations(meta_model)
     try:
-        meta_model(example_input.to("meta"))
+        with activations.tracking():
+            meta_model(example_input.to("meta"))
     except (NotImplementedError, RuntimeError):
         return None  # some kernels (e.g. LSTM) have no meta implementation
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    return activations.peak_bytes
 
 
 def _copy_to_meta(model: torch.nn.Module) -> torch.nn.Module:

@@ -50,7 +50,7 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         lines += view.lines
         lines.append(
             f"memory per worker (estimate; {spec.optimizer.name}; activations of the whole model for "
-            f"one micro-batch of {layout.micro_batch}: {human_bytes(memory.activations)}, an upper bound):"
+            f"one micro-batch of {layout.micro_batch}: {human_bytes(memory.activations)}, kept for backward):"
         )
         for worker, held in view.worker_params.items():
             share = _share(memory, held, n_params)

@@ -5,8 +5,11 @@ Autograd hands every tensor it saves to the saved-tensor hooks (`torch.autograd.
 saved_tensors_hooks`); each is counted by its storage (views of one storage count once)
 until autograd lets go of it, which is when backward has used it. Parameters are saved
 too (a linear layer keeps its weight) but are not activations: trainable leaves, their
-views and the parameters' storages are left out. The count is the same on a CPU and a GPU, and it covers pipeline schedules, whose
-in-flight micro-batches are exactly what is alive at once.
+views and the parameters' storages are left out. The count is the same on a CPU, a GPU and the meta device (where `plan` estimates it
+without memory), and it covers pipeline schedules, whose in-flight micro-batches are
+exactly what is alive at once. Blocks under activation checkpointing keep what they
+keep through hooks of their own, which these do not see: with recomputation on, the
+count is what the rest of the model keeps, a lower bound.
 """
 from __future__ import annotations
 
@@ -34,9 +37,12 @@ class SavedActivations:
         if _is_weight(tensor):
             return tensor
         storage = _storage(tensor)
-        key = storage.data_ptr()
-        if key in self._parameters or storage.device.type == "meta":
+        if storage.device.type == "meta":  # no addresses: the storage object's own identity
+            key = storage._cdata
+        elif storage.data_ptr() in self._parameters:
             return tensor
+        else:
+            key = storage.data_ptr()
         entry = self._live.get(key)
         if entry is None:
             entry = self._live[key] = [storage.nbytes(), 0]
