@@ -20,7 +20,6 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
     import torch
 
     from orchestrator.config.loading import load_spec
-    from orchestrator.data.pipeline import prepare_data
     from orchestrator.data.sampler import GlobalBatchSampler
     from orchestrator.training.batches import batch_tensors
     from orchestrator.training.evaluation import loss_function
@@ -28,7 +27,7 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
     from orchestrator.training.optim import build_optimizer, build_scheduler
 
     spec = load_spec(Path(job))
-    data = prepare_data(spec)
+    data = _prepared(spec)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     model = build_job_model(spec, data.model_arguments())
     optimizer = build_optimizer(spec, model.parameters())
@@ -50,7 +49,7 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
             with (model.no_sync() if not last and hasattr(model, "no_sync") else contextlib.nullcontext()):
                 loss = loss_fn(model(inputs), targets)
                 (loss / accumulation).backward()
-            total += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+            total += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
         if train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
@@ -66,3 +65,20 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
             with open(metrics, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+
+
+def _prepared(spec):
+    """The job's data, prepared with Ray Data in this process. Under Ray Train, Ray is
+    already there; under torchrun each rank starts a small Ray of its own for it and
+    stops it before training, so no Ray thread is left running at exit."""
+    import ray
+
+    from orchestrator.data.pipeline import prepare_data
+
+    if ray.is_initialized():
+        return prepare_data(spec)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        return prepare_data(spec)
+    finally:
+        ray.shutdown()
