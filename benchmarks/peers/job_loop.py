@@ -27,7 +27,7 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
     from orchestrator.training.optim import build_optimizer, build_scheduler
 
     spec = load_spec(Path(job))
-    data = _prepared(spec)
+    data = _prepared(spec, rank, world_size)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     model = build_job_model(spec, data.model_arguments())
     optimizer = build_optimizer(spec, model.parameters())
@@ -67,18 +67,26 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
 
 
 
-def _prepared(spec):
-    """The job's data, prepared with Ray Data in this process. Under Ray Train, Ray is
-    already there; under torchrun each rank starts a small Ray of its own for it and
-    stops it before training, so no Ray thread is left running at exit."""
+def _prepared(spec, rank: int, world_size: int):
+    """The job's data, prepared with Ray Data. Under Ray Train, Ray is already there and
+    each worker prepares it; under torchrun rank 0 starts a Ray of its own for it, stops it
+    before training (no Ray thread left at exit) and sends the data to the other ranks."""
     import ray
+    import torch.distributed as dist
 
     from orchestrator.data.pipeline import prepare_data
 
     if ray.is_initialized():
         return prepare_data(spec)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        return prepare_data(spec)
-    finally:
-        ray.shutdown()
+    data = None
+    if rank == 0:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        try:
+            data = prepare_data(spec)
+        finally:
+            ray.shutdown()
+    if world_size > 1:
+        box = [data]
+        dist.broadcast_object_list(box, src=0)
+        data = box[0]
+    return data
