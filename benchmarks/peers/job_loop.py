@@ -69,8 +69,9 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
 
 def _prepared(spec, rank: int, world_size: int):
     """The job's data, prepared with Ray Data. Under Ray Train, Ray is already there and
-    each worker prepares it; under torchrun rank 0 starts a Ray of its own for it, stops it
-    before training (no Ray thread left at exit) and sends the data to the other ranks."""
+    each worker prepares it; under torchrun rank 0 starts a Ray of its own for it (stopped
+    by the script before it exits: no Ray thread left at exit) and sends the data to the
+    other ranks."""
     import ray
     import torch.distributed as dist
 
@@ -81,10 +82,7 @@ def _prepared(spec, rank: int, world_size: int):
     data = None
     if rank == 0:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        try:
-            data = prepare_data(spec)
-        finally:
-            ray.shutdown()
+        data = prepare_data(spec)
     if world_size > 1:
         box = [data]
         dist.broadcast_object_list(box, src=0)

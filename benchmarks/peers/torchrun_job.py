@@ -23,7 +23,12 @@ def main(job: str, out: str) -> None:
     if world_size > 1:
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world_size > 1 else 0
-    run_job(job, out, rank, world_size, DistributedDataParallel if world_size > 1 else (lambda model: model))
+    try:
+        run_job(job, out, rank, world_size, DistributedDataParallel if world_size > 1 else (lambda model: model))
+    finally:
+        import ray
+
+        ray.shutdown()  # rank 0's, started for the data: stopped in time, not by exit handlers
     if world_size > 1:
         dist.destroy_process_group()
 
