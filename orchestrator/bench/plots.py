@@ -178,7 +178,8 @@ def _breakdown(rows: list[Row], folder: Path) -> Figure | None:
     left = [0.0] * len(names)
     for label in labels:
         widths = [parts[name].get(label, 0.0) * 1000 for name in names]
-        axis.barh(names, widths, left=left, label=PART_NOTES.get(label, label))
+        # One colour per part in every report, whichever parts this one has.
+        axis.barh(names, widths, left=left, label=PART_NOTES.get(label, label), color=f"C{PART_ORDER.index(label)}")
         left = [a + b for a, b in zip(left, widths)]
     axis.invert_yaxis()
     axis.set(xlabel="milliseconds per step (medians)", title="Where a step's time goes")
