@@ -66,7 +66,6 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
                 handle.write(json.dumps(record) + "\n")
 
 
-
 def _prepared(spec, rank: int, world_size: int):
     """The job's data, prepared with Ray Data. Under Ray Train, Ray is already there and
     each worker prepares it; under torchrun rank 0 starts a Ray of its own for it (stopped

@@ -76,8 +76,8 @@ def machine(address: str | None = None) -> dict:
     import ray
     import torch
 
-    found = {"cluster": address, "cpus": len(os.sched_getaffinity(0)), "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-             "ray": ray.__version__, "python": platform.python_version(), "host": platform.node()}
+    found = {"cluster": address, "cpus": len(os.sched_getaffinity(0)), "gpus": torch.cuda.device_count(),
+             "torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(), "host": platform.node()}
     if found["gpus"]:
         found["gpu"] = torch.cuda.get_device_name(0)
     return found

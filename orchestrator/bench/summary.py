@@ -134,7 +134,7 @@ def step_parts(row: Row) -> dict[str, float]:
     whole step only: it comes out of backward). What is left of the step is the loop's own."""
     if not row.phases or row.step_s is None:
         return {}
-    phases = dict(row.phases)
+    phases = row.phases
     split = "step_forward_s" in phases
     shares = {phase: min(1.0, seconds / row.profiled_phase_s[phase]) if row.profiled_phase_s.get(phase) else 0.0
               for phase, seconds in row.exposed_s.items()}
@@ -143,10 +143,11 @@ def step_parts(row: Row) -> dict[str, float]:
         waited = {phase: min(shares["step"] * row.step_s.median, phases[phase])}
     else:
         waited = {phase: share * phases.get(phase, 0.0) for phase, share in shares.items()}
-    order = ["step_data_s"] + (["step_forward_s", "step_backward_s"] if split else ["step_compute_s"])
-    parts = {STEP_PARTS[p]: phases[p] - waited.get(p, 0.0) for p in order + ["step_optimizer_s"]}
+    timed = ["step_data_s", *(["step_forward_s", "step_backward_s"] if split else ["step_compute_s"]),
+             "step_optimizer_s"]
+    parts = {STEP_PARTS[p]: phases[p] - waited.get(p, 0.0) for p in timed}
     parts["communication waited for"] = sum(waited.values())
-    parts["between steps"] = max(0.0, row.step_s.median - sum(phases[p] for p in order + ["step_optimizer_s"]))
+    parts["between steps"] = max(0.0, row.step_s.median - sum(phases[p] for p in timed))
     return parts
 
 

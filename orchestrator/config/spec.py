@@ -156,8 +156,7 @@ class TrainSection(Section):
         0, ge=0, description="Profile this step on every rank (0: none): what its collectives moved, "
         "per operation (calls, bytes, seconds), and how long the step waited for them, into "
         "usage.jsonl's `comm`; the most memory its activations held, as `activation_bytes`. "
-        "`orchestrator bench` "
-        "sets it to a step after the warm-up."
+        "`orchestrator bench` sets it to a step after the warm-up."
     )
     audit_samples: bool = Field(
         False, description="Write the sample ids each rank trains on to RUN_DIR/samples/ "

@@ -1,15 +1,16 @@
-"""How much memory a step's activations take: the tensors autograd keeps from forward
-for backward, counted while they are alive, at their highest.
+"""How much memory a step's activations take: the tensors autograd keeps from forward for
+backward, counted while they are alive, at their highest.
 
 Autograd hands every tensor it saves to the saved-tensor hooks (`torch.autograd.graph.
 saved_tensors_hooks`); each is counted by its storage (views of one storage count once)
 until autograd lets go of it, which is when backward has used it. Parameters are saved
 too (a linear layer keeps its weight) but are not activations: trainable leaves, their
-views and the parameters' storages are left out. The count is the same on a CPU, a GPU and the meta device (where `plan` estimates it
-without memory), and it covers pipeline schedules, whose in-flight micro-batches are
-exactly what is alive at once. Blocks under activation checkpointing keep what they
-keep through hooks of their own, which these do not see: with recomputation on, the
-count is what the rest of the model keeps, a lower bound.
+views and the parameters' storages are left out. The count is the same on a CPU, a GPU
+and the meta device (where `plan` estimates it without memory), and it covers pipeline
+schedules, whose in-flight micro-batches are exactly what is alive at once. Blocks under
+activation checkpointing keep what they keep through hooks of their own, which these do
+not see: with recomputation on, the count is what the rest of the model keeps, a lower
+bound.
 """
 from __future__ import annotations
 
