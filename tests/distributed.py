@@ -170,3 +170,30 @@ def make_spec(raw: dict[str, Any], base_dir: Path = Path("."), unchecked_data: b
             node = node.setdefault(part, {})
         node[leaf] = value
     return spec_from_dict(merged, base_dir=base_dir, recorded=unchecked_data)
+
+
+def assert_each_sample_once(run_dir: Path, records: list[dict], sampler, steps: int) -> None:
+    """Every sample of each complete epoch was trained on exactly once, counted from the
+    ids the ranks recorded (train.audit_samples): for each step, what the ranks of the
+    last attempt that ran it, at the world size its metrics record has, trained on."""
+    from collections import defaultdict
+
+    from orchestrator.run.files import read_jsonl
+
+    trained = {}  # (step, dp_rank) -> ids, from the last attempt that ran the step
+    for path in sorted((run_dir / "samples").glob("rank*.jsonl")):
+        for record in read_jsonl(path):
+            key = (record["step"], record["dp_rank"])
+            if key not in trained or record["attempt"] >= trained[key]["attempt"]:
+                trained[key] = record
+    world_sizes = {r["step"]: r["world_size"] for r in records}
+    per_step = defaultdict(list)
+    for (step, _), record in trained.items():
+        if record["world_size"] == world_sizes.get(step):
+            per_step[step] += record["ids"]
+    epochs = steps // sampler.steps_per_epoch
+    assert epochs >= 1, "not one complete epoch to audit"
+    for epoch in range(epochs):
+        span = range(epoch * sampler.steps_per_epoch + 1, (epoch + 1) * sampler.steps_per_epoch + 1)
+        used = [i for s in span for i in per_step[s]]
+        assert len(used) == len(set(used)) == sampler.steps_per_epoch * sampler.global_batch, f"epoch {epoch}"

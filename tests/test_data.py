@@ -12,6 +12,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.data.order import ShardOrder
 from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.data.pipeline import prepare_data
 from orchestrator.errors import DataError, JobSpecError
@@ -24,6 +25,14 @@ TABLE_JOB = {
     "train": {"global_batch_size": 8, "micro_batch_size": 4},
     "scaling": {"workers": 2},
 }
+
+
+def _inputs(split) -> np.ndarray:
+    return split.take(np.arange(len(split)))[0]
+
+
+def _targets(split) -> np.ndarray:
+    return split.take(np.arange(len(split)))[1]
 
 
 def _rows(n=400, seed=0) -> pa.Table:
@@ -58,11 +67,11 @@ def test_file_sources_are_cleaned_split_and_normalised(fmt, tmp_path, ray_sessio
     assert len(data.train) + len(data.validation) == 392  # 8 rows with a missing value dropped
     assert 0.15 < len(data.validation) / 392 < 0.35
     assert data.label_values == ["high", "low"] and data.output_dim == 2
-    assert set(np.unique(data.train.targets)) <= {0, 1}
+    assert set(np.unique(_targets(data.train))) <= {0, 1}
     # statistics from the training split only: exactly standard there, not on validation
-    np.testing.assert_allclose(data.train.inputs.mean(0), 0, atol=1e-5)
-    np.testing.assert_allclose(data.train.inputs.std(0), 1, atol=1e-4)
-    assert not np.allclose(data.validation.inputs.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(_inputs(data.train).mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(_inputs(data.train).std(0), 1, atol=1e-4)
+    assert not np.allclose(_inputs(data.validation).mean(0), 0, atol=1e-5)
     mean_a, std_a = data.normalization["a"]
     assert 4.0 < mean_a < 6.0 and 2.0 < std_a < 4.0  # the raw column: N(5, 3)
 
@@ -71,11 +80,11 @@ def test_split_is_deterministic_and_disjoint(tmp_path, ray_session):
     path = _write(tmp_path, "parquet")
     spec = make_spec(TABLE_JOB, data__source=str(path), data__prepare=["dropna", "encode_labels"])
     first, second = prepare_data(spec), prepare_data(spec)
-    np.testing.assert_array_equal(first.train.inputs, second.train.inputs)
-    train_rows = {tuple(r) for r in first.train.inputs}
-    assert not train_rows & {tuple(r) for r in first.validation.inputs}
+    np.testing.assert_array_equal(_inputs(first.train), _inputs(second.train))
+    train_rows = {tuple(r) for r in _inputs(first.train)}
+    assert not train_rows & {tuple(r) for r in _inputs(first.validation)}
     other_seed = prepare_data(make_spec(TABLE_JOB, data__source=str(path), data__prepare=["dropna", "encode_labels"], train__seed=9))
-    assert {tuple(r) for r in other_seed.train.inputs} != train_rows
+    assert {tuple(r) for r in _inputs(other_seed.train)} != train_rows
 
 
 def test_missing_values_without_dropna_is_a_clear_error(tmp_path, ray_session):
@@ -104,15 +113,15 @@ def test_builtin_digits_and_chars(ray_session):
     chars = prepare_data(make_spec(chars_job, data={"source": "chars", "prepare": ["tokenize_chars"],
                                                     "options": {"context": 32, "max_chars": 20000}}))
     assert chars.task == "lm" and chars.vocab_size == 256 and chars.context == 32
-    assert chars.train.inputs.shape[1] == 32
+    assert _inputs(chars.train).shape[1] == 32
     # targets are the inputs shifted by one character
-    np.testing.assert_array_equal(chars.train.inputs[:, 1:], chars.train.targets[:, :-1])
-    text = bytes(chars.train.inputs[0].astype(np.uint8)).decode("utf-8", errors="replace")
+    np.testing.assert_array_equal(_inputs(chars.train)[:, 1:], _targets(chars.train)[:, :-1])
+    text = bytes(_inputs(chars.train)[0].astype(np.uint8)).decode("utf-8", errors="replace")
     assert text.isprintable() or "\n" in text
 
 
 def test_sampler_order_does_not_depend_on_world_size():
-    sampler = GlobalBatchSampler(num_samples=103, global_batch=12, seed=5)
+    sampler = GlobalBatchSampler(ShardOrder.whole(103), global_batch=12, seed=5)
     assert sampler.steps_per_epoch == 8
     for step in range(20):
         whole = sampler.global_batch_ids(step)
@@ -122,7 +131,7 @@ def test_sampler_order_does_not_depend_on_world_size():
 
 
 def test_sampler_uses_each_sample_at_most_once_per_epoch_and_reshuffles():
-    sampler = GlobalBatchSampler(num_samples=100, global_batch=10, seed=1)
+    sampler = GlobalBatchSampler(ShardOrder.whole(100), global_batch=10, seed=1)
     epoch0 = np.concatenate([sampler.global_batch_ids(s) for s in range(10)])
     epoch1 = np.concatenate([sampler.global_batch_ids(s) for s in range(10, 20)])
     assert sorted(epoch0) == list(range(100)) == sorted(epoch1)
@@ -131,7 +140,7 @@ def test_sampler_uses_each_sample_at_most_once_per_epoch_and_reshuffles():
 
 def test_sampler_refuses_a_batch_larger_than_the_data():
     with pytest.raises(ValueError, match="train.global_batch_size"):
-        GlobalBatchSampler(num_samples=10, global_batch=16, seed=0)
+        GlobalBatchSampler(ShardOrder.whole(10), global_batch=16, seed=0)
 
 
 @pytest.mark.parametrize("source,steps", [
@@ -162,8 +171,8 @@ def test_in_memory_preparation_gives_what_ray_data_gives(source, steps, monkeypa
     for name in ("train", "validation"):
         mine, theirs = getattr(in_memory, name), getattr(by_ray, name)
         assert len(mine) > 0
-        np.testing.assert_allclose(mine.inputs, theirs.inputs, rtol=1e-6, atol=1e-6)
-        np.testing.assert_array_equal(mine.targets, theirs.targets)
+        np.testing.assert_allclose(_inputs(mine), _inputs(theirs), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(_targets(mine), _targets(theirs))
     assert in_memory.label_values == by_ray.label_values
     assert in_memory.normalization.keys() == by_ray.normalization.keys()
     for column, (mean, std) in in_memory.normalization.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -120,6 +121,7 @@ def test_texts_become_token_ids_and_classes(prepared, text_dir):
     spec = _spec("bert", {"name": "ddp"}, 1, text_dir)
     data = prepared(spec)
     assert data.context == 24 and data.vocab_size == 256 and data.output_dim == 3
-    assert data.train.inputs.shape[1] == 24 and data.train.inputs.dtype.kind == "i"
-    assert set(data.train.targets.tolist()) == {0, 1, 2}
+    inputs, targets = data.train.take(np.arange(len(data.train)))
+    assert inputs.shape[1] == 24 and inputs.dtype.kind == "i"
+    assert set(targets.tolist()) == {0, 1, 2}
     assert json.dumps(sorted(data.label_values)) == json.dumps(["code", "number", "word"])

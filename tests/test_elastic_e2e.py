@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from orchestrator.data.sampler import GlobalBatchSampler
 from orchestrator.run.files import read_jsonl
 from orchestrator.run.records import latest_per_step
 from orchestrator.training.checkpoint import CheckpointManager
-from tests.distributed import assert_bitwise_equal, final_weights, make_spec, train_in_processes
+from tests.distributed import (assert_bitwise_equal, assert_each_sample_once, final_weights, make_spec,
+                               train_in_processes)
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,21 +197,7 @@ def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_p
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), f"step {got['step']}"
 
     # every sample of each complete epoch used exactly once, counted from what ranks trained on
-    trained = {}  # (step, dp_rank) -> ids, from the last attempt that ran the step
-    for path in sorted((tmp_path / "samples").glob("rank*.jsonl")):
-        for record in read_jsonl(path):
-            key = (record["step"], record["dp_rank"])
-            if key not in trained or record["attempt"] >= trained[key]["attempt"]:
-                trained[key] = record
-    per_step = defaultdict(list)
-    for (step, _), record in trained.items():
-        if record["world_size"] == next(r["world_size"] for r in records if r["step"] == step):
-            per_step[step] += record["ids"]
-    sampler = GlobalBatchSampler(len(prepared(spec).train), 32, seed=3)
-    for epoch in range(steps // sampler.steps_per_epoch):
-        steps = range(epoch * sampler.steps_per_epoch + 1, (epoch + 1) * sampler.steps_per_epoch + 1)
-        used = [i for s in steps for i in per_step[s]]
-        assert len(used) == len(set(used)) == sampler.steps_per_epoch * 32
+    assert_each_sample_once(tmp_path, records, GlobalBatchSampler(prepared(spec).train.order, 32, seed=3), steps)
 
 
 def json_job() -> dict:

@@ -36,7 +36,7 @@ def run_job(job: str, out: str, rank: int, world_size: int, wrap) -> None:
     loss_fn = loss_function(data.task)
     train = spec.train
     accumulation = train.global_batch_size // (train.micro_batch_size * world_size)
-    sampler = GlobalBatchSampler(len(data.train), train.global_batch_size, train.seed)
+    sampler = GlobalBatchSampler(data.train.order, train.global_batch_size, train.seed)
     metrics = Path(out) / "metrics.jsonl"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     for step in range(train.steps):

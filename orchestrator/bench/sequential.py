@@ -17,7 +17,7 @@ def main(job: str, run_dir: str) -> None:
     from orchestrator.verify.reference import run_reference
 
     spec = load_spec(Path(job))
-    data = prepare_data(spec)
+    data = prepare_data(spec, Path(run_dir) / "data")
     device = torch.device("cuda", 0) if spec.scaling.use_gpu else torch.device("cpu")
     run_reference(spec, data, Path(run_dir), threads=len(os.sched_getaffinity(0)), device=device)
 

@@ -85,6 +85,14 @@ class DataSection(Section):
     validation_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation."
     )
+    shard_mb: float = Field(
+        64.0, gt=0, description="A file source is prepared into Parquet shards of about this many "
+        "MiB on the run's storage, which workers read as they train."
+    )
+    shuffle_window: int = Field(
+        4, ge=1, description="Shards whose rows are shuffled together each epoch; a worker holds two "
+        "windows of shards in memory. A split of at most this many shards is fully shuffled."
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Source parameters: synthetic {samples, features, classes, noise}; chars "

@@ -51,5 +51,9 @@ class InMemoryDataset:
             return {c: (None, None) for c in columns}
         return {c: (float(values[c].mean()), float(values[c].std(ddof=0))) for c in columns}
 
+    def max(self, column: str) -> Any:
+        values = self._frame[column].dropna()
+        return None if values.empty else values.max()
+
     def to_pandas(self) -> pd.DataFrame:
         return self._frame.copy()

@@ -120,6 +120,17 @@ def _mean_and_std(ds, columns: list[str]) -> dict[str, tuple[float | None, float
     return {c: (stats[f"mean({c})"], stats[f"std({c})"]) for c in columns}
 
 
+def class_count(ds, label: str) -> int:
+    """Classes in `label` (class ids 0..k-1): the largest id plus one, by Ray Data's
+    aggregation (or pandas' for a table in memory)."""
+    largest = ds.max(label)
+    try:
+        return 1 if largest is None else int(largest) + 1
+    except (TypeError, ValueError):
+        raise DataError(f"data.label_column: {label!r} values are not class ids ({largest!r}); "
+                        "add `encode_labels` to data.prepare") from None
+
+
 def normalize(ds: "ray.data.Dataset", stats: dict[str, tuple[float, float]]) -> "ray.data.Dataset":
     def apply(df: pd.DataFrame) -> pd.DataFrame:
         for column, (mean, std) in stats.items():

@@ -1,51 +1,46 @@
 """One global, seeded sample order per epoch, and each rank's rows of every step.
 
-The sample ids of optimizer step `s` depend only on the seed, the dataset size,
-the global batch and `s`: never on the world size. So the cursor to save is the
-step itself, and after a restart or a resize every sample of an epoch is used
-exactly once. Each epoch's trailing samples that do not fill a global batch are
-left out of that epoch (and used in others, as the order changes per epoch).
+The sample ids of optimizer step `s` depend only on the seed, the split's shards
+(order.py), the global batch and `s`: never on the world size. So the cursor to
+save is the step itself, and after a restart or a resize every sample of an epoch
+is used exactly once. Each epoch's trailing samples that do not fill a global batch
+are left out of that epoch (and used in others, as the order changes per epoch).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
+
+from orchestrator.data.order import ShardOrder
 
 
 @dataclass(frozen=True)
 class GlobalBatchSampler:
-    num_samples: int
+    order: ShardOrder
     global_batch: int
     seed: int
 
     def __post_init__(self) -> None:
-        if self.num_samples < self.global_batch:
+        if self.order.num_samples < self.global_batch:
             raise ValueError(
                 f"train.global_batch_size: {self.global_batch} is larger than the "
-                f"{self.num_samples} training samples; lower it or add data"
+                f"{self.order.num_samples} training samples; lower it or add data"
             )
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_samples // self.global_batch
+        return self.order.num_samples // self.global_batch
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
     def global_batch_ids(self, step: int) -> np.ndarray:
         """Sample ids of the whole global batch of `step` (0-based)."""
-        order = _epoch_order(self.num_samples, self.seed, self.epoch_of(step))
         start = (step % self.steps_per_epoch) * self.global_batch
-        return order[start : start + self.global_batch]
+        return self.order.ids(self.seed, self.epoch_of(step), start, start + self.global_batch)
 
     def rank_batch_ids(self, step: int, dp_rank: int, dp_size: int) -> np.ndarray:
         """This data-parallel rank's contiguous share of the global batch of `step`."""
         share = self.global_batch // dp_size
         return self.global_batch_ids(step)[dp_rank * share : (dp_rank + 1) * share]
-
-
-@lru_cache(maxsize=4)
-def _epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)

@@ -120,7 +120,7 @@ class Launcher:
         resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec))
         workers = self.backend.start_workers(self.spec, self.run_dir, resources)  # start meanwhile
         try:
-            data = prepare_data(self.spec)
+            data = prepare_data(self.spec, RunFiles(self.run_dir).data)
         except BaseException:
             if workers is not None:
                 workers.shutdown()

@@ -15,6 +15,7 @@
         model.safetensors   the final, unsharded weights              (rank 0)
         model.json          what serving needs besides the weights    (rank 0)
         checkpoints/        the training state (see training/checkpoint.py)
+        data/               a file source, prepared: Parquet shards   (driver, data/store.py)
         samples/            sample ids each rank trained on (train.audit_samples)
         chaos/              markers of injected faults that fired
         verify/             the launch check's runs, kept only when it fails
@@ -115,6 +116,11 @@ class RunFiles:
     @property
     def checkpoints(self) -> RunPath:
         return self.root / "checkpoints"
+
+    @property
+    def data(self) -> RunPath:
+        """A file source's prepared shards and their manifest (data/store.py)."""
+        return self.root / "data"
 
     @property
     def samples(self) -> RunPath:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from orchestrator.data.pipeline import Split
 
-
-def batch_tensors(split: Split, ids: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows `ids` of `split`; on a GPU through pinned host memory, so the copies are
-    asynchronous and the host goes on queueing the step's kernels meanwhile."""
-    return _to_device(split.inputs[ids], device), _to_device(split.targets[ids], device)
+def batch_tensors(split, ids: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows `ids` of `split` (a `PreparedData` split: in memory or streamed); on a GPU
+    through pinned host memory, so the copies are asynchronous and the host goes on
+    queueing the step's kernels meanwhile."""
+    inputs, targets = split.take(ids)
+    return _to_device(inputs, device), _to_device(targets, device)
 
 
 def _to_device(rows: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -87,7 +87,7 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
     usage.state_bytes, usage.profile = strategy.memory_bytes, attempt.profile
     step = w.step = resume(attempt)
 
-    sampler = GlobalBatchSampler(len(w.data.train), layout.global_batch, spec.train.seed)
+    sampler = GlobalBatchSampler(w.data.train.order, layout.global_batch, spec.train.seed)
     records = StepRecords(MetricsLog(w.run_dir, enabled=w.rank == 0), w.run_dir)
     loss_fn = loss_function(w.data.task)
     directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank, _driver_watch(w))
@@ -173,6 +173,7 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int,
     `phases` times its parts."""
     phases.start()
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
+    w.data.train.prefetch_for(sampler, step)  # a streamed split reads its next shards meanwhile
     if w.spec.train.audit_samples:
         record_sample_ids(w, step + 1, ids, strategy.dp_rank)
     # Summed where the losses are (in float64, as Python floats would be): a GPU is not

@@ -39,7 +39,7 @@ def _run_all(spec: JobSpec, layouts: dict, steps: int, rtol: float | None, say) 
     from orchestrator.data.pipeline import prepare_data
 
     reference = Reference(spec, steps, Path(tempfile.mkdtemp(prefix="orchestrator-verify-")), rtol)
-    data = prepare_data(reference.spec)
+    data = prepare_data(reference.spec, reference.root / "data")
     data_ref = ray.put(data)
     if spec.strategy.verify_options:
         say(f"checking a smaller instance: model.options overridden by {spec.strategy.verify_options}")

@@ -1,0 +1,161 @@
+"""A prepared split as Parquet shards on the run's storage, read a window at a time.
+
+Preparation (pipeline.py) writes each split once, as `part-NNNNNN.parquet` files of
+about `data.shard_mb` each with two columns, `inputs` and `targets` (fixed-size lists
+for rows of several values), and a `manifest.json` that holds everything else: rows
+per shard, shapes, label values, statistics. The driver and the workers keep only the
+manifest; rows are read by the worker that trains on them.
+
+A worker's reader keeps the shards of the current shuffle window (order.py) and of the
+next one, at most `2 * data.shuffle_window + 1` shards, whatever the dataset's size:
+the next window is read on a background thread while the current one trains. Every
+data-parallel rank reads each window's shards whole, as its rows of a window are
+spread over all of them: the storage serves the dataset dp_size times per epoch.
+
+Exercised by: pytest tests/test_streaming.py
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from orchestrator.data.encode import INPUTS, TARGETS
+from orchestrator.data.order import ShardOrder, windows_at
+from orchestrator.run.storage import run_path
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from orchestrator.data.sampler import GlobalBatchSampler
+
+@dataclass
+class ShardedSplit:
+    root: str  # the split's folder: a local path or a URI
+    files: tuple[str, ...]  # shard file names, in global-id order
+    shard_rows: tuple[int, ...]
+    window: int
+    _reader: "ShardReader | None" = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return sum(self.shard_rows)
+
+    def __getstate__(self) -> dict:  # travels as its manifest; each process reads for itself
+        return {**self.__dict__, "_reader": None}
+
+    @property
+    def order(self) -> ShardOrder:
+        return ShardOrder(self.shard_rows, self.window)
+
+    def take(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows `ids` (global ids), as fresh arrays (inputs, targets)."""
+        return self.reader.take(np.asarray(ids, dtype=np.int64))
+
+    def prefetch_for(self, sampler: "GlobalBatchSampler", step: int) -> None:
+        """Start reading the window the order reaches half a window's rows after `step`."""
+        rows_ahead = max(1, len(self) // max(1, len(self.files)) * self.window // 2)
+        ahead = step + max(1, rows_ahead // sampler.global_batch)
+        epoch = sampler.epoch_of(ahead)
+        position = (ahead % sampler.steps_per_epoch) * sampler.global_batch
+        self.reader.prefetch(windows_at(self.order, sampler.seed, epoch, position))
+
+    @property
+    def reader(self) -> "ShardReader":
+        if self._reader is None:
+            self._reader = ShardReader(self, capacity=2 * self.window + 1)
+        return self._reader
+
+    def shard_path(self, index: int):
+        return run_path(self.root) / self.files[index]
+
+
+class ShardReader:
+    """Shards as numpy arrays, least recently used dropped first, one read in flight."""
+
+    def __init__(self, split: ShardedSplit, capacity: int) -> None:
+        self._split = split
+        self._order = split.order
+        self._capacity = capacity
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._loading: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-reader")
+
+    def take(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shards = self._order.shards_of(ids)
+        inputs = targets = None
+        for shard in np.unique(shards):
+            shard_inputs, shard_targets = self._shard(int(shard))
+            if inputs is None:
+                inputs = np.empty((len(ids), *shard_inputs.shape[1:]), dtype=shard_inputs.dtype)
+                targets = np.empty((len(ids), *shard_targets.shape[1:]), dtype=shard_targets.dtype)
+            where = shards == shard
+            rows = ids[where] - self._order.shard_starts[shard]
+            inputs[where], targets[where] = shard_inputs[rows], shard_targets[rows]
+        if inputs is None:
+            raise IndexError("no rows asked for")
+        return inputs, targets
+
+    def prefetch(self, shards) -> None:
+        for shard in shards:
+            self._future(int(shard))
+
+    def _shard(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if shard in self._cache:
+                self._cache.move_to_end(shard)
+                return self._cache[shard]
+        return self._future(shard).result()
+
+    def _future(self, shard: int) -> Future:
+        with self._lock:
+            if shard in self._cache:
+                done: Future = Future()
+                done.set_result(self._cache[shard])
+                return done
+            if shard not in self._loading:
+                self._loading[shard] = self._pool.submit(self._load, shard)
+            return self._loading[shard]
+
+    def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            arrays = read_shard(self._split.shard_path(shard))
+        except BaseException:
+            with self._lock:  # asked for again, it is read again
+                self._loading.pop(shard, None)
+            raise
+        expected = self._split.shard_rows[shard]
+        if len(arrays[0]) != expected:
+            raise RuntimeError(f"{self._split.shard_path(shard)}: {len(arrays[0])} rows, the manifest "
+                               f"says {expected}; the prepared data changed under the run")
+        with self._lock:
+            self._cache[shard] = arrays
+            self._loading.pop(shard, None)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return arrays
+
+
+def read_shard(path) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    if hasattr(path, "filesystem"):  # object storage
+        table = pq.read_table(path.key, filesystem=path.filesystem)
+    else:
+        table = pq.read_table(str(path))
+    return column_array(table.column(INPUTS)), column_array(table.column(TARGETS))
+
+
+def column_array(column: "pa.ChunkedArray") -> np.ndarray:
+    """A column as one numpy array: (rows,) for scalars, (rows, width) for fixed-size lists."""
+    import pyarrow as pa
+
+    array = column.combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+        return array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), width)
+    return array.to_numpy(zero_copy_only=False)
