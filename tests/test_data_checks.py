@@ -42,7 +42,7 @@ MISTAKES = [
     ("digits-label-column", {}, ["data.source=digits", "data.label_column=target", "data.prepare=[normalize]"],
      "data.label_column: digits has the column 'label'"),
     ("no-such-file", {}, ["data.source=irsi.csv"], "data.source: file"),
-    ("not-a-data-file", {"notes.txt": "hello"}, ["data.source=notes.txt"], "neither a built-in source"),
+    ("not-a-data-file", {"notes.docx": "hello"}, ["data.source=notes.docx"], "neither a built-in source"),
     ("not-a-csv", {"iris.csv": "\x00\x01\x02,\"\n\"\"x"}, [], "data.source: cannot read"),
     ("tokenize-without-text", {}, ["data.prepare=[encode_labels, tokenize_chars]"], "tokenize_chars reads a `text` column"),
     ("misspelled-key", {}, ["train.stepz=3"], "train.stepz: unknown key; did you mean 'steps'?"),

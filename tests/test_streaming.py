@@ -209,3 +209,17 @@ def test_a_streamed_run_survives_a_kill_and_a_resize_and_uses_every_sample_once(
                                    data, 2, tmp_path / "reference")
     for got, want in zip(records, reference, strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), f"step {got['step']}"
+
+
+def test_plan_sizes_a_parquet_source_from_its_footers_and_bounds_what_a_worker_holds(tmp_path):
+    from orchestrator.data.estimate import estimate_data
+    from orchestrator.data.model_arguments import model_arguments
+
+    spec = streamed_spec(tmp_path)
+    arguments = model_arguments(spec)
+    assert arguments["input_dim"] == 12 and arguments["output_dim"] == 4
+    data = estimate_data(spec, arguments)
+    assert data.rows == 1200 and data.row_bytes == 12 * 4 + 8 and data.streamed
+    assert data.per_worker_bytes == (2 * 2 + 1) * int(0.004 * 2**20)  # two windows of 2 shards, and one
+    in_memory = estimate_data(make_spec(JOB, data={"source": "digits"}), {"input_dim": 64, "context": None})
+    assert not in_memory.streamed and in_memory.per_worker_bytes == 1797 * (64 * 4 + 8)

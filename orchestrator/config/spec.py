@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 import models
 import strategies
 from orchestrator.config.messages import did_you_mean
-from orchestrator.data.formats import BUILTIN_SOURCES, FILE_FORMATS
+from orchestrator.data.formats import BUILTIN_SOURCES, SUFFIX_FORMATS, SourceKind, kind_of, parse_options
 
 
 # Validation context key: the spec is a run's recorded job.yaml, read to steer the run.
@@ -57,7 +57,7 @@ class ModelSection(Section):
         return value
 
 
-PrepareStep = Literal["dropna", "normalize", "encode_labels", "tokenize_chars"]
+PrepareStep = Literal["dropna", "normalize", "encode_labels", "tokenize_chars", "tokenize"]
 
 
 class DataSection(Section):
@@ -65,8 +65,13 @@ class DataSection(Section):
 
     source: str = Field(
         description="`synthetic`, `digits` (scikit-learn's bundled 8x8 digits), `chars` "
-        "(character corpus from the Python standard library's sources), or a path to a "
-        ".parquet, .csv or .jsonl file (relative to job.yaml)."
+        "(character corpus from the Python standard library's sources), or where files are: a "
+        "file, a folder, a glob (relative to job.yaml) or a URI (s3://bucket/prefix, gs://...)."
+    )
+    format: Literal["auto", "parquet", "csv", "json", "images", "text"] = Field(
+        "auto", description="The files' format; `auto` takes it from their suffix (.parquet, .csv, "
+        ".jsonl/.json, .png/.jpg/.jpeg/.bmp, .txt). Images are labelled by their sub-folder's name; "
+        "a text file is one row with a `text` column."
     )
     task: Literal["auto", "classification", "regression", "lm"] = Field(
         "auto", description="Loss and metrics; `auto` takes the source's natural task."
@@ -80,7 +85,8 @@ class DataSection(Section):
         description="Preparation steps in order: dropna (drop rows with missing values), "
         "normalize (standardise features with training-split statistics), encode_labels "
         "(map label values to 0..k-1), tokenize_chars (a `text` column to UTF-8 byte ids: windows "
-        "of context+1 for task lm, each row's first `context` bytes, zero-padded, to classify texts).",
+        "of context+1 for task lm, each row's first `context` bytes, zero-padded, to classify texts), "
+        "tokenize (the same with the tokenizer file in data.options.tokenizer).",
     )
     validation_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation."
@@ -95,17 +101,14 @@ class DataSection(Section):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Source parameters: synthetic {samples, features, classes, noise}; chars "
-        "{context, max_chars}; a text file with tokenize_chars {context}.",
+        description="The source's parameters, checked when the job loads: synthetic {samples, "
+        "features, classes, noise}; chars {context, max_chars}; tables and text {context, "
+        "tokenizer}; images {size: [height, width], mode: L or RGB}.",
     )
 
     @property
     def is_file(self) -> bool:
         return self.source not in BUILTIN_SOURCES
-
-    @property
-    def file_format(self) -> str:
-        return FILE_FORMATS[Path(self.source).suffix.lower()]
 
 
 class OptimizerSection(Section):
@@ -338,6 +341,7 @@ class JobSpec(Section):
 
     # Where job.yaml lives; relative data paths resolve against it. Not a job.yaml key.
     base_dir: Path = Field(default=Path("."), exclude=True)
+    _format: str | None = PrivateAttr(default=None)  # a file source's, found when the job loads
 
     @model_validator(mode="before")
     @classmethod
@@ -365,13 +369,7 @@ class JobSpec(Section):
                 "optimizer.nesterov: true needs optimizer.name: sgd with optimizer.momentum > 0 "
                 f"(got name {self.optimizer.name!r}, momentum {self.optimizer.momentum})"
             )
-        if self.data.is_file and Path(self.data.source).suffix.lower() not in FILE_FORMATS:
-            problems.append(
-                f"data.source: {self.data.source!r} is neither a built-in source "
-                f"({', '.join(BUILTIN_SOURCES)}) nor a file ending in {', '.join(FILE_FORMATS)}"
-            )
-        elif here and self.data.is_file and not self.data_path.is_file():
-            problems.append(f"data.source: file {str(self.data_path)!r} does not exist")
+        problems += self._source_problems(here)
         try:
             if here:
                 models.check_model_options(self.model.name, self.model.options)
@@ -386,16 +384,65 @@ class JobSpec(Section):
             raise ValueError("\n".join(problems))
         return self
 
+    def _source_problems(self, here: bool) -> list[str]:
+        """Where the data is, what format, and its options; the format is kept for later."""
+        from orchestrator.data.locations import format_of, is_glob
+        from orchestrator.run.storage import is_uri
+
+        data, problems = self.data, []
+        suffix = Path(data.source.rstrip("/")).suffix.lower()
+        unknown = (f"data.source: {data.source!r} is neither a built-in source ({', '.join(BUILTIN_SOURCES)}) "
+                   f"nor files of a known format ({', '.join(SUFFIX_FORMATS)}); set data.format")
+        if data.is_file and (here or data.format != "auto" or suffix in SUFFIX_FORMATS):
+            local = not is_uri(data.source) and not is_glob(data.source)
+            if local and suffix and suffix not in SUFFIX_FORMATS and data.format == "auto":
+                problems.append(unknown)
+            elif here and local and not self.data_path.exists():
+                problems.append(f"data.source: file or folder {str(self.data_path)!r} does not exist")
+            else:
+                self._format = format_of(data.source, data.format, self.base_dir)
+                if self._format is None:
+                    problems.append(unknown)
+        try:
+            parse_options(self.source_kind, data.options)
+        except ValueError as error:
+            problems.append(str(error))
+        return problems
+
+    @property
+    def source_kind(self) -> SourceKind:
+        return kind_of(self.data.source, self._format)
+
+    @property
+    def source_options(self):
+        """`data.options` as the source's typed options (data/formats.py)."""
+        return parse_options(self.source_kind, self.data.options)
+
     @property
     def pretrained_path(self) -> Path | None:
         return None if self.model.pretrained is None else (self.base_dir / self.model.pretrained).resolve()
 
     @property
-    def data_path(self) -> Path:
-        return (self.base_dir / self.data.source).resolve()
+    def data_path(self):
+        """A file source's location: a local path, or an ObjectPath for a URI."""
+        from orchestrator.data.locations import location
+
+        return location(self.data.source, self.base_dir)
+
+    @property
+    def source_files(self):
+        """A file source's files and format (data/locations.py). Raises DataError."""
+        from orchestrator.data.locations import SourceFiles
+
+        return SourceFiles.find(self.data.source, self.data.format, self.base_dir)
+
+    @property
+    def source_format(self) -> str | None:
+        """A file source's format (parquet, csv, json, images, text), as found when the job loaded."""
+        return self._format
 
     @property
     def resolved_task(self) -> str:
         if self.data.task != "auto":
             return self.data.task
-        return {"chars": "lm"}.get(self.data.source, "classification")
+        return self.source_kind.task

@@ -31,6 +31,7 @@ class Encoding:
     task: str
     label: str | None = None
     features: list[str] = field(default_factory=list)  # tabular rows
+    width: int | None = None  # values per input row, when a feature is an array (an image)
     context: int | None = None  # token rows: `tokens` windows (lm) or texts to classify
 
     def __call__(self, frame: pd.DataFrame) -> pa.Table:
@@ -44,7 +45,7 @@ class Encoding:
         if self.context is not None:
             return _stack(frame["tokens"], self.context, np.int64), self._targets(frame, np.int64)
         try:
-            inputs = frame[self.features].to_numpy(dtype=np.float32)
+            inputs = _features(frame, self.features)
         except (TypeError, ValueError) as error:
             raise DataError(
                 f"data.feature_columns: features must be numeric ({error}); "
@@ -62,7 +63,7 @@ class Encoding:
             return 2 * self.context * 8
         if self.context is not None:
             return self.context * 8 + 8
-        return 4 * len(self.features) + 8
+        return 4 * (self.width or len(self.features)) + 8
 
     def _targets(self, frame: pd.DataFrame, dtype) -> np.ndarray:
         try:
@@ -73,6 +74,16 @@ class Encoding:
                 f"data.label_column: {self.label!r} values are not {self.task} {what} ({error}); "
                 "add `encode_labels` to data.prepare"
             ) from error
+
+
+def _features(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """The feature columns side by side, a column of arrays (an image) as its values."""
+    arrays = [col for col in features if len(frame) and isinstance(frame[col].iloc[0], np.ndarray)]
+    if not arrays:
+        return frame[features].to_numpy(dtype=np.float32)
+    parts = [np.stack([np.asarray(c, dtype=np.float32).reshape(-1) for c in frame[col]]) if col in arrays
+             else frame[[col]].to_numpy(dtype=np.float32) for col in features]
+    return np.concatenate(parts, axis=1)
 
 
 def _stack(cells: pd.Series, width: int, dtype) -> np.ndarray:

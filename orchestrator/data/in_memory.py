@@ -51,6 +51,9 @@ class InMemoryDataset:
             return {c: (None, None) for c in columns}
         return {c: (float(values[c].mean()), float(values[c].std(ddof=0))) for c in columns}
 
+    def count(self) -> int:
+        return len(self._frame)
+
     def max(self, column: str) -> Any:
         values = self._frame[column].dropna()
         return None if values.empty else values.max()

@@ -16,29 +16,40 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from orchestrator.data.sources import CHARS_DEFAULTS, SYNTHETIC_DEFAULTS
+from orchestrator.data.locations import SourceFiles
+from orchestrator.errors import DataError
 
 if TYPE_CHECKING:
     from orchestrator.config.spec import JobSpec
 
 SAMPLE_ROWS = 1000
-BUILTIN_OPTIONS = {"synthetic": SYNTHETIC_DEFAULTS, "chars": CHARS_DEFAULTS, "digits": {}}
+SAMPLE_BYTES = 1 << 16  # of a text file
 
 
 def data_problems(spec: "JobSpec") -> list[str]:
-    """Every problem with the job's data that the pipeline would meet, each one line."""
+    """Every problem with the job's data that the pipeline would meet, each one line.
+    (`data.options` were checked when the job loaded.)"""
     data = spec.data
     task = spec.resolved_task
-    text = "tokenize_chars" in data.prepare
-    problems = _option_problems(data.source, data.options, text)
+    text = bool({"tokenize_chars", "tokenize"} & set(data.prepare))
+    problems = []
     if task == "lm" and data.source != "chars" and not text:
-        problems.append("data.task: lm needs text: data.source: chars, or a file with a `text` column and "
-                        "data.prepare: [tokenize_chars]")
+        problems.append("data.task: lm needs text: data.source: chars, or files with a `text` column and "
+                        "data.prepare: [tokenize_chars] or [tokenize]")
+    if "tokenize" in data.prepare and spec.source_options.tokenizer is None:
+        problems.append("data.options.tokenizer: the tokenize step needs a tokenizer.json; give its path, "
+                        "or use tokenize_chars (UTF-8 bytes)")
     if not data.is_file:
         if data.source != "chars" and data.label_column != "label":
             problems.append(f"data.label_column: {data.source} has the column 'label', not {data.label_column!r}")
         return problems
-    sample, problem = read_sample(spec)
+    try:
+        files = spec.source_files
+    except DataError as error:
+        return problems + [str(error)]
+    if files.format == "images":
+        return problems + _image_problems(spec)
+    sample, problem = read_sample(spec, files)
     if problem is not None:
         return problems + [problem]
     if text:
@@ -46,20 +57,23 @@ def data_problems(spec: "JobSpec") -> list[str]:
     return problems + _tabular_problems(spec, sample, task)
 
 
-def read_sample(spec: "JobSpec") -> tuple[pa.Table | None, str | None]:
-    """The first SAMPLE_ROWS rows of a file source, or why they cannot be read."""
-    path, kind = spec.data_path, spec.data.file_format
+def read_sample(spec: "JobSpec", files: SourceFiles | None = None) -> tuple[pa.Table | None, str | None]:
+    """The first SAMPLE_ROWS rows of a file source's first file, or why they cannot be read."""
     try:
+        files = files or spec.source_files
+        first, kind = files.files[0], files.format
+        if kind == "text":
+            return pa.table({"text": [_open(first).read(SAMPLE_BYTES).decode("utf-8", errors="replace")]}), None
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            batches = pq.ParquetFile(path).iter_batches(batch_size=SAMPLE_ROWS)
-            first = next(batches, None)
-            return (pa.Table.from_batches([first]) if first is not None else pa.table({})), None
+            batches = pq.ParquetFile(_open(first)).iter_batches(batch_size=SAMPLE_ROWS)
+            head = next(batches, None)
+            return (pa.Table.from_batches([head]) if head is not None else pa.table({})), None
         if kind == "csv":
             import pyarrow.csv as pcsv
 
-            reader = pcsv.open_csv(path)
+            reader = pcsv.open_csv(_open(first))
             rows, batches = 0, []
             for batch in reader:
                 batches.append(batch)
@@ -69,21 +83,33 @@ def read_sample(spec: "JobSpec") -> tuple[pa.Table | None, str | None]:
             return pa.Table.from_batches(batches, schema=reader.schema).slice(0, SAMPLE_ROWS), None
         import pyarrow.json as pjson
 
-        with open(path, "rb") as handle:
-            head = b"".join(line for _, line in zip(range(SAMPLE_ROWS), handle))
+        handle = _open(first)
+        head = b"".join(line for _, line in zip(range(SAMPLE_ROWS), iter(handle.readline, b"")))
         return pjson.read_json(io.BytesIO(head)), None
+    except DataError as error:
+        return None, str(error)
     except (OSError, pa.ArrowException) as error:
-        return None, f"data.source: cannot read {str(path)!r} as {kind}: {error}"
+        return None, f"data.source: cannot read {spec.data.source!r} as {spec.source_format}: {error}"
 
 
-def _option_problems(source: str, options: dict, text: bool) -> list[str]:
-    # A file's texts are cut to data.options.context bytes by tokenize_chars.
-    known = BUILTIN_OPTIONS.get(source, {"context": CHARS_DEFAULTS["context"]} if text else {})
-    unknown = sorted(set(options) - set(known))
-    if not unknown:
-        return []
-    return [f"data.options.{key}: unknown option for source {source!r}{_close(key, known)}; "
-            f"valid: {sorted(known) or 'none'}" for key in unknown]
+def _open(path):
+    """A seekable binary file, local or on object storage."""
+    if hasattr(path, "filesystem"):
+        return path.filesystem.open_input_file(path.key)
+    return open(path, "rb")
+
+
+def _image_problems(spec: "JobSpec") -> list[str]:
+    data, problems = spec.data, []
+    if spec.resolved_task != "classification":
+        problems.append(f"data.task: images are classified by their sub-folder's name, not for {spec.resolved_task}")
+    if "encode_labels" not in data.prepare:
+        problems.append("data.prepare: images are labelled by their sub-folder's name (text); add encode_labels")
+    if "normalize" in data.prepare:
+        problems.append("data.prepare: images are scaled to [0, 1] as they are read; leave out normalize")
+    if data.label_column != "label" or data.feature_columns:
+        problems.append("data.label_column, data.feature_columns: images have the columns image and label")
+    return problems
 
 
 def _tabular_problems(spec: "JobSpec", sample: pa.Table, task: str) -> list[str]:

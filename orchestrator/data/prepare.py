@@ -7,6 +7,7 @@ Normalisation statistics come from the training split only.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,6 +74,39 @@ def encode_text(ds: "ray.data.Dataset", context: int) -> "ray.data.Dataset":
         return df
 
     return ds.map_batches(encode, batch_format="pandas")
+
+
+def tokenize(ds: "ray.data.Dataset", tokenizer_json: str, context: int, windows: bool) -> "ray.data.Dataset":
+    """Turn each row's `text` into token ids with a tokenizer (the text of its tokenizer.json,
+    which travels to the tasks): cut into windows of context+1 ids for task lm, or the
+    first `context` ids, padded with 0, to classify texts."""
+    width = context + 1
+
+    def encode(df: pd.DataFrame) -> pd.DataFrame:
+        encoded = _tokenizer(tokenizer_json).encode_batch([str(text) for text in df["text"]])
+        if windows:
+            rows = []
+            for item in encoded:
+                ids = np.asarray(item.ids, dtype=np.int64)
+                rows += list(ids[: len(ids) // width * width].reshape(-1, width))
+            return pd.DataFrame({"tokens": rows})
+        df = df.drop(columns=["text"])
+        df["tokens"] = [np.pad(np.asarray(item.ids[:context], dtype=np.int64), (0, context - min(len(item.ids), context)))
+                        for item in encoded]
+        return df
+
+    return ds.map_batches(encode, batch_format="pandas")
+
+
+def vocabulary_size(tokenizer_json: str) -> int:
+    return _tokenizer(tokenizer_json).get_vocab_size()
+
+
+@lru_cache(maxsize=2)
+def _tokenizer(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
 
 
 def mark_validation(ds: "ray.data.Dataset", fraction: float, seed: int) -> "ray.data.Dataset":

@@ -1,6 +1,8 @@
-"""Data sources, each read as a Ray Dataset.
+"""Data sources, each read as a Ray Dataset (or, built in, a table in this process).
 
-Files (parquet, csv, json lines) go through Ray Data's pyarrow readers. The
+Files go through Ray Data's readers: tables (parquet, csv, json lines) through pyarrow,
+images through `read_images` (resized, scaled to [0, 1], labelled by their sub-folder's
+name), text files as one `text` row each. The
 built-in sources generate or load their data locally, never from a network hub:
 `synthetic` is a seeded generator, `digits` is scikit-learn's bundled 8x8 digits
 images, `chars` is a character corpus made from the Python standard library's
@@ -11,12 +13,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sysconfig
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
+from orchestrator.data.formats import SyntheticOptions
 from orchestrator.data.in_memory import InMemoryDataset
 from orchestrator.errors import DataError
 
@@ -25,13 +29,9 @@ if TYPE_CHECKING:
 
     from orchestrator.config.spec import JobSpec
 
-SYNTHETIC_DEFAULTS = {"samples": 4096, "features": 16, "classes": 4, "noise": 0.5}
-CHARS_DEFAULTS = {"context": 64, "max_chars": 400_000}
-
-
 def read_source(spec: "JobSpec") -> "ray.data.Dataset":
-    """The job's raw rows (features and label columns, or `text`): a Ray Dataset for files,
-    a table in memory for the built-in sources."""
+    """The job's raw rows (features and label columns, an `image` and its `label`, or
+    `text`): a Ray Dataset for files, a table in memory for the built-in sources."""
     data = spec.data
     # Built-in sources are whole tables in this process already: prepared here (in_memory.py).
     if data.source == "synthetic":
@@ -39,16 +39,54 @@ def read_source(spec: "JobSpec") -> "ray.data.Dataset":
     if data.source == "digits":
         return InMemoryDataset.from_arrow(digits_table())
     if data.source == "chars":
-        return InMemoryDataset.from_arrow(chars_table(**source_options("chars", data.options)))
+        options = spec.source_options
+        return InMemoryDataset.from_arrow(chars_table(options.context, options.max_chars))
     import ray.data
 
     configure_ray_data()
-    path = str(spec.data_path)
-    readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}
+    files = spec.source_files
+    paths, filesystem = files.for_ray()
     try:
-        return readers[data.file_format](path)
+        if files.format == "images":
+            return _read_images(paths, filesystem, spec.source_options)
+        if files.format == "text":
+            return ray.data.read_binary_files(paths, filesystem=filesystem).map_batches(
+                _decode_texts, batch_format="pandas")
+        readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}
+        return readers[files.format](paths, filesystem=filesystem)
     except Exception as error:  # pyarrow raises many types; all mean the same to the user
-        raise DataError(f"data.source: cannot read {path!r} as {data.file_format}: {error}") from error
+        raise DataError(f"data.source: cannot read {data.source!r} as {files.format}: {error}") from error
+
+
+def _read_images(paths: list[str], filesystem, options) -> "ray.data.Dataset":
+    import ray.data
+
+    def label_and_scale(df: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({
+            "image": [np.asarray(image, dtype=np.float32).reshape(-1) / 255.0 for image in df["image"]],
+            "label": [PurePosixPath(path).parent.name for path in df["path"]],
+        })
+
+    images = ray.data.read_images(paths, filesystem=filesystem, size=tuple(options.size), mode=options.mode,
+                                  include_paths=True)
+    return images.map_batches(label_and_scale, batch_format="pandas")
+
+
+def _decode_texts(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"text": [bytes(b).decode("utf-8", errors="replace") for b in df["bytes"]]})
+
+
+def tokenizer_text(spec: "JobSpec") -> str:
+    """The job's tokenizer.json (data.options.tokenizer, relative to job.yaml), as text."""
+    name = spec.source_options.tokenizer
+    if name is None:
+        raise DataError("data.options.tokenizer: the tokenize step needs a tokenizer.json; "
+                        "give its path, or use tokenize_chars (UTF-8 bytes)")
+    path = spec.base_dir / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DataError(f"data.options.tokenizer: cannot read {str(path)!r}: {error.strerror or error}") from None
 
 
 def configure_ray_data() -> None:
@@ -62,20 +100,9 @@ def configure_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def source_options(source: str, options: dict[str, Any]) -> dict[str, Any]:
-    defaults = {"synthetic": SYNTHETIC_DEFAULTS, "chars": CHARS_DEFAULTS}.get(source, {})
-    unknown = set(options) - set(defaults)
-    if unknown:
-        raise DataError(
-            f"data.options: unknown key(s) {sorted(unknown)} for source {source!r}; "
-            f"valid: {sorted(defaults) or 'none'}"
-        )
-    return {**defaults, **options}
-
-
 def synthetic_table(seed: int, task: str, options: dict[str, Any]) -> pa.Table:
     """Gaussian blobs (classification) or a noisy linear target (regression)."""
-    opts = source_options("synthetic", options)
+    opts = SyntheticOptions(**options).model_dump()
     rng = np.random.default_rng(seed)
     n, f = int(opts["samples"]), int(opts["features"])
     if task == "regression":

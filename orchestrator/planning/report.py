@@ -7,6 +7,7 @@ import torch
 
 import strategies
 from orchestrator.config.spec import JobSpec
+from orchestrator.data.estimate import estimate_data
 from orchestrator.data.model_arguments import example_input, model_arguments
 from orchestrator.planning.layout import batch_layout
 from orchestrator.planning.memory import MemoryEstimate, estimate_memory, human_bytes
@@ -59,6 +60,7 @@ def render_plan(spec: JobSpec, workers: int) -> str:
                 f"{human_bytes(share.grads)}, optimizer {human_bytes(share.optimizer)}, "
                 f"total {human_bytes(share.params + share.grads + share.optimizer)}"
             )
+    lines += _data_lines(spec, arguments)
     if spec.scaling.min_workers != spec.scaling.max_workers:
         accum = {
             n: batch_layout(spec, n).accumulation
@@ -66,6 +68,24 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         }
         lines.append("elastic range: " + ", ".join(f"{n} workers -> accumulation {a}" for n, a in accum.items()))
     return "\n".join(lines)
+
+
+def _data_lines(spec: JobSpec, arguments: dict) -> list[str]:
+    data = estimate_data(spec, arguments)
+    rows = "rows unknown until read" if data.rows is None else f"{data.rows:,} rows"
+    prepared = "" if data.prepared_bytes is None else f", prepared {human_bytes(data.prepared_bytes)}"
+    files = "" if data.source_bytes is None else f" from {human_bytes(data.source_bytes)} of files"
+    line = f"data: {rows}{files}{prepared} ({human_bytes(data.row_bytes)} a row)"
+    if not data.streamed:
+        return [line, f"  held in memory: the prepared splits, once per node ({human_bytes(data.per_worker_bytes or 0)})"]
+    windows = (2 * data.window + 1) * data.shard_bytes
+    held = (f"{human_bytes(windows)} ({2 * data.window + 1} shards: two windows of data.shuffle_window "
+            f"{data.window}, and one being read)")
+    if data.prepared_bytes is not None and data.prepared_bytes <= windows:
+        held = f"all of it, {human_bytes(data.prepared_bytes)}"
+    elif data.prepared_bytes is None and data.source_bytes is not None and data.source_bytes < windows:
+        held = f"all of it, its files being {human_bytes(data.source_bytes)}"
+    return [line, f"  streamed from shards of {human_bytes(data.shard_bytes)}: each worker holds at most {held}"]
 
 
 def _share(memory: MemoryEstimate, held: int, n_params: int) -> MemoryEstimate:

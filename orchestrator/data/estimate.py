@@ -1,0 +1,83 @@
+"""How big a job's prepared data will be, and what a worker holds of it, found without
+Ray and without reading the rows (for `plan`): Parquet files' row counts come from
+their footers; CSV and JSON files are sized by their bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from orchestrator.data.encode import Encoding
+
+if TYPE_CHECKING:
+    from orchestrator.config.spec import JobSpec
+
+BUILTIN_ROWS = {"digits": 1797}
+
+
+@dataclass(frozen=True)
+class DataEstimate:
+    rows: int | None  # before the validation split; None: not known without reading
+    row_bytes: int
+    source_bytes: int | None  # a file source's files on disk
+    streamed: bool
+    shard_bytes: int
+    window: int
+
+    @property
+    def prepared_bytes(self) -> int | None:
+        return None if self.rows is None else self.rows * self.row_bytes
+
+    @property
+    def per_worker_bytes(self) -> int | None:
+        """What a worker holds: two shuffle windows of shards (and the one being read), or
+        for data in memory, the whole prepared split."""
+        if not self.streamed:
+            return self.prepared_bytes
+        held = (2 * self.window + 1) * self.shard_bytes
+        return held if self.prepared_bytes is None else min(held, self.prepared_bytes)
+
+
+def estimate_data(spec: "JobSpec", arguments: dict[str, int | None]) -> DataEstimate:
+    row_bytes = _row_bytes(spec, arguments)
+    shard_bytes = int(spec.data.shard_mb * 2**20)
+    if not spec.data.is_file:
+        return DataEstimate(_builtin_rows(spec), row_bytes, None, False, shard_bytes, spec.data.shuffle_window)
+    rows, size = _file_rows(spec)
+    return DataEstimate(rows, row_bytes, size, True, shard_bytes, spec.data.shuffle_window)
+
+
+def _row_bytes(spec: "JobSpec", arguments: dict[str, int | None]) -> int:
+    task = spec.resolved_task
+    if arguments["context"] is not None:
+        return Encoding(task, context=arguments["context"]).row_bytes
+    return Encoding(task, width=arguments["input_dim"] or 1).row_bytes
+
+
+def _builtin_rows(spec: "JobSpec") -> int | None:
+    if spec.data.source == "synthetic":
+        return spec.source_options.samples
+    if spec.data.source == "chars":
+        options = spec.source_options
+        return options.max_chars // (options.context + 1)
+    return BUILTIN_ROWS.get(spec.data.source)
+
+
+def _file_rows(spec: "JobSpec") -> tuple[int | None, int | None]:
+    from orchestrator.errors import DataError
+
+    try:
+        files = spec.source_files
+    except DataError:
+        return None, None
+    size = sum(f.stat().st_size for f in files.files)
+    if files.format != "parquet" or "tokenize" in spec.data.prepare or "tokenize_chars" in spec.data.prepare:
+        return (len(files.files) if files.format == "images" else None), size
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in files.files:
+        if hasattr(path, "filesystem"):
+            rows += pq.read_metadata(path.key, filesystem=path.filesystem).num_rows
+        else:
+            rows += pq.read_metadata(str(path)).num_rows
+    return rows, size
