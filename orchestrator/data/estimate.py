@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.data.encode import Encoding
+from orchestrator.run.storage import open_input_file
 
 if TYPE_CHECKING:
     from orchestrator.config.spec import JobSpec
@@ -76,8 +77,6 @@ def _file_rows(spec: "JobSpec") -> tuple[int | None, int | None]:
 
     rows = 0
     for path in files.files:
-        if hasattr(path, "filesystem"):
-            rows += pq.read_metadata(path.key, filesystem=path.filesystem).num_rows
-        else:
-            rows += pq.read_metadata(str(path)).num_rows
+        with open_input_file(path) as handle:
+            rows += pq.read_metadata(handle).num_rows
     return rows, size

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from orchestrator.data.locations import SourceFiles
 from orchestrator.errors import DataError
+from orchestrator.run.storage import open_input_file
 
 if TYPE_CHECKING:
     from orchestrator.config.spec import JobSpec
@@ -62,41 +63,48 @@ def read_sample(spec: "JobSpec", files: SourceFiles | None = None) -> tuple[pa.T
     try:
         files = files or spec.source_files
         first, kind = files.files[0], files.format
-        if kind == "text":
-            return pa.table({"text": [_open(first).read(SAMPLE_BYTES).decode("utf-8", errors="replace")]}), None
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            batches = pq.ParquetFile(_open(first)).iter_batches(batch_size=SAMPLE_ROWS)
-            head = next(batches, None)
-            return (pa.Table.from_batches([head]) if head is not None else pa.table({})), None
-        if kind == "csv":
-            import pyarrow.csv as pcsv
-
-            reader = pcsv.open_csv(_open(first))
-            rows, batches = 0, []
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows >= SAMPLE_ROWS:
-                    break
-            return pa.Table.from_batches(batches, schema=reader.schema).slice(0, SAMPLE_ROWS), None
-        import pyarrow.json as pjson
-
-        handle = _open(first)
-        head = b"".join(line for _, line in zip(range(SAMPLE_ROWS), iter(handle.readline, b"")))
-        return pjson.read_json(io.BytesIO(head)), None
+        with open_input_file(first) as handle:
+            return _head(handle, kind), None
     except DataError as error:
         return None, str(error)
     except (OSError, pa.ArrowException) as error:
         return None, f"data.source: cannot read {spec.data.source!r} as {spec.source_format}: {error}"
 
 
-def _open(path):
-    """A seekable binary file, local or on object storage."""
-    if hasattr(path, "filesystem"):
-        return path.filesystem.open_input_file(path.key)
-    return open(path, "rb")
+def _head(handle, kind: str) -> pa.Table:
+    """The first SAMPLE_ROWS rows of an open file (a text file's first SAMPLE_BYTES)."""
+    if kind == "text":
+        return pa.table({"text": [handle.read(SAMPLE_BYTES).decode("utf-8", errors="replace")]})
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        head = next(pq.ParquetFile(handle).iter_batches(batch_size=SAMPLE_ROWS), None)
+        return pa.Table.from_batches([head]) if head is not None else pa.table({})
+    if kind == "csv":
+        import pyarrow.csv as pcsv
+
+        reader = pcsv.open_csv(handle)
+        rows, batches = 0, []
+        for batch in reader:
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows >= SAMPLE_ROWS:
+                break
+        return pa.Table.from_batches(batches, schema=reader.schema).slice(0, SAMPLE_ROWS)
+    import pyarrow.json as pjson
+
+    return pjson.read_json(io.BytesIO(_first_lines(handle, SAMPLE_ROWS)))
+
+
+def _first_lines(handle, count: int) -> bytes:
+    """The first `count` lines of a file (pyarrow's files have no readline)."""
+    head = b""
+    while head.count(b"\n") < count:
+        chunk = handle.read(1 << 20)
+        if not chunk:
+            return head
+        head += chunk
+    return b"".join(head.splitlines(keepends=True)[:count])
 
 
 def _image_problems(spec: "JobSpec") -> list[str]:

@@ -20,13 +20,14 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from orchestrator.data.encode import INPUTS, TARGETS
 from orchestrator.data.order import ShardOrder, windows_at
-from orchestrator.run.storage import run_path
+from orchestrator.run.storage import open_input_file, run_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,7 +48,7 @@ class ShardedSplit:
     def __getstate__(self) -> dict:  # travels as its manifest; each process reads for itself
         return {**self.__dict__, "_reader": None}
 
-    @property
+    @cached_property  # asked for every step (prefetch_for): made once
     def order(self) -> ShardOrder:
         return ShardOrder(self.shard_rows, self.window)
 
@@ -150,11 +151,7 @@ def read_shard(path) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if hasattr(path, "filesystem"):  # object storage
-        handle = path.filesystem.open_input_file(path.key)
-    else:
-        handle = pa.OSFile(str(path), "rb")
-    with handle:
+    with open_input_file(path) as handle:
         shard = pq.ParquetFile(handle, memory_map=False)
         rows = shard.metadata.num_rows
         columns: dict[str, np.ndarray] = {}

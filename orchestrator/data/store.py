@@ -22,7 +22,7 @@ from orchestrator.data.prepared import PreparedData
 from orchestrator.data.shards import ShardedSplit
 from orchestrator.data.splits import Split
 from orchestrator.errors import DataError
-from orchestrator.run.storage import RunPath, is_remote, remove_tree, run_path
+from orchestrator.run.storage import RunPath, is_remote, open_input_file, remove_tree, run_path
 
 if TYPE_CHECKING:
     import ray.data
@@ -113,9 +113,8 @@ def _write_parquet(ds: "ray.data.Dataset", folder: RunPath) -> None:
 def _row_count(path: RunPath) -> int:
     import pyarrow.parquet as pq
 
-    if is_remote(path):
-        return pq.read_metadata(path.key, filesystem=path.filesystem).num_rows
-    return pq.read_metadata(str(path)).num_rows
+    with open_input_file(path) as handle:
+        return pq.read_metadata(handle).num_rows
 
 
 class data_errors:

@@ -221,6 +221,16 @@ def remove_tree(path: RunPath) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def open_input_file(path: RunPath):
+    """A seekable pyarrow file for reading, local or on object storage (a pyarrow reader,
+    such as `pq.ParquetFile` or `pcsv.open_csv`, takes it as is)."""
+    if isinstance(path, ObjectPath):
+        return path.filesystem.open_input_file(path.key)
+    import pyarrow as pa
+
+    return pa.OSFile(str(path), "rb")
+
+
 def storage_env() -> dict[str, str]:
     """The variables of this process that say how to reach object storage, for workers."""
     return {k: v for k, v in os.environ.items() if k.startswith(CREDENTIAL_PREFIXES)}
