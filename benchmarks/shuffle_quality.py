@@ -2,7 +2,7 @@
 dataset, in the worst case: rows sorted by label before they are sharded.
 
 For N rows of K classes, sorted by class, cut into shards of R rows, each global batch
-of the first epoch is compared with the whole dataset's class mix: the table gives the
+of the first epoch is compared, for several `data.streams` x `data.shuffle_window`, with the whole dataset's class mix: the table gives the
 total variation distance between a batch's class histogram and the dataset's (0: the
 batch has the dataset's mix; 1: nothing in common), as the median and 95th percentile
 over batches, and how many classes a batch sees. A full shuffle (`window = all`) is the
@@ -24,16 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchestrator.data.order import ShardOrder  # noqa: E402
 
 
-def batch_distances(rows: int, classes: int, shard_rows: int, window: int, batch: int,
+def batch_distances(rows: int, classes: int, shard_rows: int, streams: int, window: int, batch: int,
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(rows) * classes // rows  # sorted by class
     overall = np.bincount(labels, minlength=classes) / rows
     shards = [shard_rows] * (rows // shard_rows) + ([rows % shard_rows] if rows % shard_rows else [])
-    order = ShardOrder(tuple(shards), window)
-    ids = order.ids(seed, 0, 0, rows)
+    order = ShardOrder(tuple(shards), window, streams)
     distances, seen = [], []
-    for start in range(0, rows - batch + 1, batch):
-        counts = np.bincount(labels[ids[start:start + batch]], minlength=classes)
+    for step in range(order.steps_per_epoch(batch)):
+        counts = np.bincount(labels[order.batch_ids(seed, 0, step, batch)], minlength=classes)
         distances.append(0.5 * np.abs(counts / batch - overall).sum())
         seen.append(np.count_nonzero(counts))
     return np.array(distances), np.array(seen)
@@ -50,14 +49,14 @@ def main() -> None:
     print(f"# Shuffle quality of streamed data: {args.rows:,} rows sorted by class ({args.classes} classes), "
           f"{shards} shards of {args.shard_rows:,} rows, global batch {args.batch}\n")
     print("Command: `python benchmarks/shuffle_quality.py" + "".join(f" {a}" for a in sys.argv[1:]) + "`\n")
-    print("| data.shuffle_window (shards) | batch distance to the dataset's mix, median | p95 "
-          "| classes per batch, median |")
-    print("|---|---|---|---|")
-    for window in (1, 2, 4, 8, 16, shards):
-        distances, seen = batch_distances(args.rows, args.classes, args.shard_rows, window, args.batch)
+    print("| data.streams | data.shuffle_window (shards) | shards a batch mixes | batch distance to the "
+          "dataset's mix, median | p95 | classes per batch, median |")
+    print("|---|---|---|---|---|---|")
+    for streams, window in ((1, 1), (1, 4), (1, 16), (4, 1), (8, 1), (8, 2), (16, 1), (1, shards)):
+        distances, seen = batch_distances(args.rows, args.classes, args.shard_rows, streams, window, args.batch)
         name = f"{window} (all: a full shuffle)" if window == shards else str(window)
-        print(f"| {name} | {np.median(distances):.3f} | {np.percentile(distances, 95):.3f} "
-              f"| {np.median(seen):.0f} |")
+        print(f"| {streams} | {name} | {streams * window if window < shards else shards} "
+              f"| {np.median(distances):.3f} | {np.percentile(distances, 95):.3f} | {np.median(seen):.0f} |")
 
 
 if __name__ == "__main__":

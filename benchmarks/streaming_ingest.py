@@ -8,6 +8,8 @@ job on it with `orchestrator launch` (embedded Ray, 2 workers), and reports:
 - the driver's peak resident memory (VmHWM of the `orchestrator launch` process,
   read from /proc while it runs) and each worker's (`peak_rss_bytes` in usage.jsonl);
 - how long the preparation took (launch to the first step) and the prepared size;
+- what each worker read of the prepared shards (`data_shards_read`, `data_bytes_read`
+  in usage.jsonl): with the streams divided between the ranks, each about half;
 - the time each step waited for data (`step_data_s`) as a share of the step's time,
   over the steps after the first STEADY_FROM, and the worst step's wait.
 
@@ -103,6 +105,7 @@ def run(folder: Path, scratch: Path, rows: int, batch: int) -> dict:
         "prepared_gib": prepared / 2**30,
         "driver_peak_gib": driver_peak / 2**30,
         "worker_peak_gib": [u["peak_rss_bytes"] / 2**30 for u in usage],
+        "worker_read": [(u.get("data_shards_read", 0), u.get("data_bytes_read", 0) / 2**30) for u in usage],
         "to_first_step_s": metrics[0]["time"] - started,
         "wall_s": time.time() - started,
         "step_ms": 1000 * statistics.median(m["step_time_s"] for m in steady),
@@ -113,6 +116,7 @@ def run(folder: Path, scratch: Path, rows: int, batch: int) -> dict:
 
 def render(args, on_disk: float, result: dict) -> str:
     workers = ", ".join(f"{g:.2f}" for g in result["worker_peak_gib"])
+    read = ", ".join(f"{n} shards, {g:.2f} GiB" for n, g in result["worker_read"])
     return "\n".join([
         "# Streaming a dataset bigger than the memory budget",
         "",
@@ -127,6 +131,7 @@ def render(args, on_disk: float, result: dict) -> str:
         "| --- | ---: |",
         f"| driver peak RSS (GiB) | {result['driver_peak_gib']:.2f} |",
         f"| worker peak RSS (GiB) | {workers} |",
+        f"| read by each worker from the {result['shards']} shards | {read} |",
         f"| launch to step 1 (s): reading and preparing | {result['to_first_step_s']:.0f} |",
         f"| whole run (s) | {result['wall_s']:.0f} |",
         f"| step time after step {STEADY_FROM}, median (ms) | {result['step_ms']:.1f} |",

@@ -92,12 +92,18 @@ class DataSection(Section):
         0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation."
     )
     shard_mb: float = Field(
-        64.0, gt=0, description="A file source is prepared into Parquet shards of about this many "
+        32.0, gt=0, description="A file source is prepared into Parquet shards of about this many "
         "MiB on the run's storage, which workers read as they train."
     )
     shuffle_window: int = Field(
-        4, ge=1, description="Shards whose rows are shuffled together each epoch; a worker holds two "
-        "windows of shards in memory. A split of at most this many shards is fully shuffled."
+        1, ge=1, description="Shards of a stream whose rows are shuffled together each epoch; a batch "
+        "mixes streams x shuffle_window shards, and a worker holds two windows of each of its streams."
+    )
+    streams: int = Field(
+        8, ge=1, description="A file source's shards are dealt to this many streams each epoch, and a "
+        "global batch takes an equal share of each. A data-parallel rank reads only its streams' "
+        "shards when the rank count divides this; it does not depend on the worker count, so resizes "
+        "keep the order."
     )
     options: dict[str, Any] = Field(
         default_factory=dict,

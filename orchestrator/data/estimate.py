@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.data.encode import Encoding
+from orchestrator.data.order import streams_per_rank
 from orchestrator.run.storage import open_input_file
 
 if TYPE_CHECKING:
@@ -23,28 +24,32 @@ class DataEstimate:
     streamed: bool
     shard_bytes: int
     window: int
+    streams: int
 
     @property
     def prepared_bytes(self) -> int | None:
         return None if self.rows is None else self.rows * self.row_bytes
 
-    @property
-    def per_worker_bytes(self) -> int | None:
-        """What a worker holds: two shuffle windows of shards (and the one being read), or
-        for data in memory, the whole prepared split."""
+    def held_shards(self, dp_size: int) -> int:
+        """The shards a streaming worker holds at most: two shuffle windows of each of its
+        streams, and the one being read."""
+        return 2 * self.window * streams_per_rank(self.streams, dp_size) + 1
+
+    def per_worker_bytes(self, dp_size: int) -> int | None:
+        """What a worker holds: its shards, or for data in memory, the whole prepared split."""
         if not self.streamed:
             return self.prepared_bytes
-        held = (2 * self.window + 1) * self.shard_bytes
+        held = self.held_shards(dp_size) * self.shard_bytes
         return held if self.prepared_bytes is None else min(held, self.prepared_bytes)
 
 
 def estimate_data(spec: "JobSpec", arguments: dict[str, int | None]) -> DataEstimate:
     row_bytes = _row_bytes(spec, arguments)
-    shard_bytes = int(spec.data.shard_mb * 2**20)
-    if not spec.data.is_file:
-        return DataEstimate(_builtin_rows(spec), row_bytes, None, False, shard_bytes, spec.data.shuffle_window)
+    shard_bytes, data = int(spec.data.shard_mb * 2**20), spec.data
+    if not data.is_file:
+        return DataEstimate(_builtin_rows(spec), row_bytes, None, False, shard_bytes, data.shuffle_window, data.streams)
     rows, size = _file_rows(spec)
-    return DataEstimate(rows, row_bytes, size, True, shard_bytes, spec.data.shuffle_window)
+    return DataEstimate(rows, row_bytes, size, True, shard_bytes, data.shuffle_window, data.streams)
 
 
 def _row_bytes(spec: "JobSpec", arguments: dict[str, int | None]) -> int:

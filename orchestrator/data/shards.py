@@ -6,11 +6,12 @@ for rows of several values), and a `manifest.json` that holds everything else: r
 per shard, shapes, label values, statistics. The driver and the workers keep only the
 manifest; rows are read by the worker that trains on them.
 
-A worker's reader keeps the shards of the current shuffle window (order.py) and of the
-next one, at most `2 * data.shuffle_window + 1` shards, whatever the dataset's size:
-the next window is read on a background thread while the current one trains. Every
-data-parallel rank reads each window's shards whole, as its rows of a window are
-spread over all of them: the storage serves the dataset dp_size times per epoch.
+The order (order.py) deals the shards to streams, and a data-parallel rank trains on
+the rows of its own streams (when the world size divides the stream count): its reader
+reads only their shards, so the storage serves each shard once an epoch. It keeps each
+of its streams' current and next window, at most `2 * window` shards a stream and one
+more, whatever the dataset's size: the next window is read on a background thread
+while the current one trains.
 
 Exercised by: pytest tests/test_streaming.py
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from orchestrator.data.encode import INPUTS, TARGETS
-from orchestrator.data.order import ShardOrder, windows_at
+from orchestrator.data.order import ShardOrder
 from orchestrator.run.storage import open_input_file, run_path
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class ShardedSplit:
     files: tuple[str, ...]  # shard file names, in global-id order
     shard_rows: tuple[int, ...]
     window: int
+    streams: int = 1
     _reader: "ShardReader | None" = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -50,24 +52,36 @@ class ShardedSplit:
 
     @cached_property  # asked for every step (prefetch_for): made once
     def order(self) -> ShardOrder:
-        return ShardOrder(self.shard_rows, self.window)
+        return ShardOrder(self.shard_rows, self.window, self.streams)
 
     def take(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows `ids` (global ids), as fresh arrays (inputs, targets)."""
         return self.reader.take(np.asarray(ids, dtype=np.int64))
 
-    def prefetch_for(self, sampler: "GlobalBatchSampler", step: int) -> None:
-        """Start reading the window the order reaches half a window's rows after `step`."""
-        rows_ahead = max(1, len(self) // max(1, len(self.files)) * self.window // 2)
-        ahead = step + max(1, rows_ahead // sampler.global_batch)
-        epoch = sampler.epoch_of(ahead)
-        position = (ahead % sampler.steps_per_epoch) * sampler.global_batch
-        self.reader.prefetch(windows_at(self.order, sampler.seed, epoch, position))
+    def prefetch_for(self, sampler: "GlobalBatchSampler", step: int, dp_rank: int, dp_size: int,
+                     steps: int | None = None) -> None:
+        """Start reading the shards this rank's rows come from half a window after `step`
+        (none past the run's `steps`), and keep as many shards as its streams' windows need."""
+        streams = sampler.rank_streams(dp_rank, dp_size)
+        self.reader.capacity = len(streams) * 2 * self.window + 1
+        rows_per_stream_step = max(1, sampler.global_batch // self.order.stream_count)
+        rows_per_shard = len(self) // max(1, len(self.files))
+        ahead = step + max(1, rows_per_shard * self.window // 2 // rows_per_stream_step)
+        if steps is not None and ahead >= steps:
+            return
+        ids = sampler.rank_batch_ids(ahead, dp_rank, dp_size)
+        self.reader.prefetch(np.unique(self.order.shards_of(ids)))
+
+    def reads(self) -> dict[str, int]:
+        """What this process has read from storage so far (usage.jsonl records it)."""
+        if self._reader is None:
+            return {}
+        return {"data_shards_read": self._reader.shards_read, "data_bytes_read": self._reader.bytes_read}
 
     @property
     def reader(self) -> "ShardReader":
         if self._reader is None:
-            self._reader = ShardReader(self, capacity=2 * self.window + 1)
+            self._reader = ShardReader(self, capacity=2 * self.window * self.order.stream_count + 1)
         return self._reader
 
     def shard_path(self, index: int):
@@ -80,7 +94,8 @@ class ShardReader:
     def __init__(self, split: ShardedSplit, capacity: int) -> None:
         self._split = split
         self._order = split.order
-        self._capacity = capacity
+        self.capacity = capacity
+        self.shards_read = self.bytes_read = 0  # from storage, as arrays
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._loading: dict[int, Future] = {}
         self._lock = threading.Lock()
@@ -138,7 +153,9 @@ class ShardReader:
         with self._lock:
             self._cache[shard] = arrays
             self._loading.pop(shard, None)
-            while len(self._cache) > self._capacity:
+            self.shards_read += 1
+            self.bytes_read += arrays[0].nbytes + arrays[1].nbytes
+            while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return arrays
 

@@ -34,5 +34,10 @@ class Split:
         """The rows `ids`, as fresh arrays (inputs, targets)."""
         return self.inputs[ids], self.targets[ids]
 
-    def prefetch_for(self, sampler: "GlobalBatchSampler", step: int) -> None:
+    def reads(self) -> dict[str, int]:
+        """What this process read from storage: nothing, the rows came with the split."""
+        return {}
+
+    def prefetch_for(self, sampler: "GlobalBatchSampler", step: int, dp_rank: int, dp_size: int,
+                     steps: int | None = None) -> None:
         """Nothing to read ahead: every row is here."""

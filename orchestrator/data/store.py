@@ -43,6 +43,7 @@ class ShardStore:
     key: str
     shard_bytes: int
     window: int
+    streams: int
 
     @classmethod
     def at(cls, spec: "JobSpec", data_dir: "RunPath | None") -> ShardStore:
@@ -52,7 +53,7 @@ class ShardStore:
         made_of = json.dumps([spec.data.model_dump(mode="json", exclude={"source"}), str(spec.data_path),
                               spec.train.seed], sort_keys=True)
         return cls(root, hashlib.sha256(made_of.encode()).hexdigest()[:16],
-                   int(spec.data.shard_mb * 2**20), spec.data.shuffle_window)
+                   int(spec.data.shard_mb * 2**20), spec.data.shuffle_window, spec.data.streams)
 
     def prepared(self) -> PreparedData | None:
         """The data a previous preparation of the same job published here, if any."""
@@ -62,7 +63,8 @@ class ShardStore:
         recorded = json.loads(manifest.read_text())
         if recorded.get("version") != MANIFEST_VERSION or recorded.get("key") != self.key:
             return None
-        splits = {name: ShardedSplit(str(self.root / name), tuple(s["files"]), tuple(s["rows"]), self.window)
+        splits = {name: ShardedSplit(str(self.root / name), tuple(s["files"]), tuple(s["rows"]), self.window,
+                                     self.streams)
                   for name, s in recorded["splits"].items()}
         prepared = recorded["prepared"]
         prepared["normalization"] = {c: tuple(v) for c, v in prepared["normalization"].items()}
@@ -74,12 +76,14 @@ class ShardStore:
         folder = self.root / name
         remove_tree(folder)  # what an unfinished preparation left
         encoded = ds.map_batches(encoding, batch_format="pandas")
-        shards = max(1, math.ceil(expected[name] * encoding.row_bytes / self.shard_bytes))
+        # Only the training split is read as streams; validation is read in order.
+        streams = self.streams if name == "train" else 1
+        shards = shard_count(expected[name] * encoding.row_bytes, self.shard_bytes, streams)
         with data_errors():
             _write_parquet(encoded.repartition(shards), folder)
         files = sorted(p.name for p in folder.glob("part-*.parquet")) if folder.exists() else []
         counts = tuple(_row_count(folder / f) for f in files)
-        return ShardedSplit(str(folder), tuple(files), counts, self.window)
+        return ShardedSplit(str(folder), tuple(files), counts, self.window, self.streams)
 
     def publish(self, data: PreparedData) -> PreparedData:
         from orchestrator.run.files import atomic_write_text
@@ -90,6 +94,12 @@ class ShardStore:
         manifest = {"version": MANIFEST_VERSION, "key": self.key, "prepared": prepared, "splits": splits}
         atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=1))
         return data
+
+
+def shard_count(split_bytes: float, shard_bytes: int, streams: int) -> int:
+    """Shards of about `shard_bytes`, as many for every stream (order.py): a stream of
+    one shard fewer than another would leave the other's last shard out of each epoch."""
+    return streams * max(1, math.ceil(split_bytes / shard_bytes / streams))
 
 
 def _shard_names():

@@ -8,6 +8,7 @@ import torch
 import strategies
 from orchestrator.config.spec import JobSpec
 from orchestrator.data.estimate import estimate_data
+from orchestrator.data.order import streams_per_rank
 from orchestrator.data.model_arguments import example_input, model_arguments
 from orchestrator.planning.layout import batch_layout
 from orchestrator.planning.memory import MemoryEstimate, estimate_memory, human_bytes
@@ -60,7 +61,7 @@ def render_plan(spec: JobSpec, workers: int) -> str:
                 f"{human_bytes(share.grads)}, optimizer {human_bytes(share.optimizer)}, "
                 f"total {human_bytes(share.params + share.grads + share.optimizer)}"
             )
-    lines += _data_lines(spec, arguments)
+    lines += _data_lines(spec, arguments, dims.dp)
     if spec.scaling.min_workers != spec.scaling.max_workers:
         accum = {
             n: batch_layout(spec, n).accumulation
@@ -70,22 +71,29 @@ def render_plan(spec: JobSpec, workers: int) -> str:
     return "\n".join(lines)
 
 
-def _data_lines(spec: JobSpec, arguments: dict) -> list[str]:
+def _data_lines(spec: JobSpec, arguments: dict, dp_size: int) -> list[str]:
     data = estimate_data(spec, arguments)
     rows = "rows unknown until read" if data.rows is None else f"{data.rows:,} rows"
     prepared = "" if data.prepared_bytes is None else f", prepared {human_bytes(data.prepared_bytes)}"
     files = "" if data.source_bytes is None else f" from {human_bytes(data.source_bytes)} of files"
     line = f"data: {rows}{files}{prepared} ({human_bytes(data.row_bytes)} a row)"
     if not data.streamed:
-        return [line, f"  held in memory: the prepared splits, once per node ({human_bytes(data.per_worker_bytes or 0)})"]
-    windows = (2 * data.window + 1) * data.shard_bytes
-    held = (f"{human_bytes(windows)} ({2 * data.window + 1} shards: two windows of data.shuffle_window "
-            f"{data.window}, and one being read)")
+        return [line, f"  held in memory: the prepared splits, once per node ({human_bytes(data.per_worker_bytes(dp_size) or 0)})"]
+    streams, shards = streams_per_rank(data.streams, dp_size), data.held_shards(dp_size)
+    windows = shards * data.shard_bytes
+    held = (f"{human_bytes(windows)} ({shards} shards: two windows of data.shuffle_window {data.window} "
+            f"from each of its {streams} of data.streams {data.streams}, and one being read)")
     if data.prepared_bytes is not None and data.prepared_bytes <= windows:
         held = f"all of it, {human_bytes(data.prepared_bytes)}"
     elif data.prepared_bytes is None and data.source_bytes is not None and data.source_bytes < windows:
         held = f"all of it, its files being {human_bytes(data.source_bytes)}"
-    return [line, f"  streamed from shards of {human_bytes(data.shard_bytes)}: each worker holds at most {held}"]
+    lines = [line, f"  streamed from shards of {human_bytes(data.shard_bytes)}: each worker holds at most {held}"]
+    if data.streams % dp_size:
+        suggest = -(-data.streams // dp_size) * dp_size
+        lines.append(f"  note: data.streams {data.streams} is not a multiple of the {dp_size} data-parallel ranks, so "
+                     f"ranks share streams: a rank reads {streams} streams' shards for {data.streams / dp_size:.3g} "
+                     f"streams' rows (data.streams: {suggest} reads each shard once an epoch)")
+    return lines
 
 
 def _share(memory: MemoryEstimate, held: int, n_params: int) -> MemoryEstimate:

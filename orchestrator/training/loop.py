@@ -84,7 +84,7 @@ def _train(w: WorkerContext, usage: UsageSampler) -> str:
     strategy = build_strategy(w, layout)
     attempt = Attempt(w, layout, strategy, checkpoints, events, flops, peak_flops(w.device, spec.train.precision),
                       phases, StepProfile(w.device, strategy.model, phases))
-    usage.state_bytes, usage.profile = strategy.memory_bytes, attempt.profile
+    usage.state_bytes, usage.profile, usage.data_reads = strategy.memory_bytes, attempt.profile, w.data.train.reads
     step = w.step = resume(attempt)
 
     sampler = GlobalBatchSampler(w.data.train.order, layout.global_batch, spec.train.seed)
@@ -173,7 +173,8 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int,
     `phases` times its parts."""
     phases.start()
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
-    w.data.train.prefetch_for(sampler, step)  # a streamed split reads its next shards meanwhile
+    # A streamed split reads this rank's next shards meanwhile.
+    w.data.train.prefetch_for(sampler, step, strategy.dp_rank, strategy.dp_size, w.spec.train.steps)
     if w.spec.train.audit_samples:
         record_sample_ids(w, step + 1, ids, strategy.dp_rank)
     # Summed where the losses are (in float64, as Python floats would be): a GPU is not

@@ -2,8 +2,8 @@
 
 A thread samples this process about once a second; when the attempt ends the rank
 appends one record to `usage.jsonl` (every rank writes its own, unlike the metrics):
-peak resident memory, CPU seconds, the samples, and the bytes of state the strategy
-left on this rank. `orchestrator bench` reads them; a rank killed outright writes none.
+peak resident memory, CPU seconds, the samples, the bytes of state the strategy
+left on this rank, and what it read of streamed data. `orchestrator bench` reads them; a rank killed outright writes none.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class UsageSampler:
         self.samples: list[list[float]] = []  # [time, CPU cores used since the last, RSS bytes, GPU %]
         self.state_bytes: Callable[[], dict[str, int]] | None = None  # the strategy's, once built
         self.profile = None  # a StepProfile: what the profiled step did
+        self.data_reads: Callable[[], dict[str, int]] | None = None  # the training split's reads
         self._process = psutil.Process()
         self.started = time.time()
         self._cpu_started = _cpu_seconds()
@@ -80,6 +81,8 @@ class UsageSampler:
             found["state_bytes"] = self.state_bytes()
         if self.profile is not None:
             found.update(self.profile.findings())
+        if self.data_reads is not None:
+            found.update(self.data_reads())
         return found
 
 
