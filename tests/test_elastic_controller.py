@@ -37,6 +37,9 @@ class FakeGroup:
         self.status = AttemptStatus(running=True)
         self.lost_on_recover: list[str] = []
         self.dead_on_recover = 0
+        self.drains: dict[str, float] = {}  # node -> deadline: one worker on each
+        self.attempt_nodes: set[str] = set()  # the nodes the attempt runs on
+        self.left: list[str] = []
 
     def spawn_up_to(self, total):
         self.starting = max(0, min(total, self.capacity) - self.ready)
@@ -61,6 +64,19 @@ class FakeGroup:
         self.ready -= self.dead_on_recover
         self.capacity -= self.dead_on_recover if self.lost_on_recover else 0
         return self.lost_on_recover
+
+    def draining(self):
+        return dict(self.drains)
+
+    def running_on(self, nodes):
+        return bool(self.attempt_nodes & set(nodes))
+
+    def leave(self, nodes):
+        for node in nodes:
+            self.drains.pop(node, None)
+            self.left.append(node)
+            self.ready -= 1
+            self.capacity -= 1
 
     def shutdown(self):
         pass
@@ -158,6 +174,36 @@ def test_a_lost_node_shrinks_the_group_without_waiting(tmp_path):
     run_until(controller, State.RUNNING)
     assert group.started[-1][0] == 1
     assert clock.now - detected < 1.0  # no replacement timeout was waited out
+
+
+def test_a_preemption_notice_checkpoints_now_and_moves_off_the_node(tmp_path):
+    controller, group, clock = make(tmp_path, ready=2, spares=0)
+    group.capacity = 2  # two nodes, one worker each
+    group.attempt_nodes = {"node-a", "node-b"}
+    run_until(controller, State.RUNNING)
+    group.drains = {"node-b": clock.now + 20}
+    controller.step()
+    assert directive(tmp_path) == Directive.EVACUATE.name
+    notice = next(e for e in events(tmp_path) if e["event"] == "preemption_notice")
+    assert notice["nodes"] == ["node-b"] and notice["deadline_in_s"] == pytest.approx(20, abs=1)
+    group.status = AttemptStatus(running=False, outcomes=["resize", "resize"])  # checkpointed, returned
+    controller.step()
+    group.status = AttemptStatus(running=True)
+    run_until(controller, State.RUNNING)
+    world_size, attempt, failure = group.started[-1]
+    assert (world_size, attempt) == (1, 2) and group.left == ["node-b"]
+    assert failure["preempted"] and failure["world_size_before"] == 2 and failure["world_size_after"] == 1
+    assert "failure" not in [e["event"] for e in events(tmp_path)]  # no failure was counted
+    assert controller.failures == 0
+
+
+def test_spares_on_a_draining_node_are_given_up_without_stopping_the_attempt(tmp_path):
+    controller, group, clock = make(tmp_path, ready=3, spares=1)
+    group.attempt_nodes = {"node-a"}
+    run_until(controller, State.RUNNING)
+    group.drains = {"node-c": clock.now + 20}
+    controller.step()
+    assert directive(tmp_path) == Directive.CONTINUE.name and group.left == ["node-c"]
 
 
 def test_a_lost_worker_without_spare_is_waited_for_then_the_group_shrinks(tmp_path):

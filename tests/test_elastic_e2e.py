@@ -239,3 +239,75 @@ def test_scale_then_stop_then_resume_a_running_job(tmp_path):
     drawn = orchestrator("report", str(tmp_path)).stdout
     assert "world sizes [1, 2]" in drawn and "0 failures, 1 resize," in drawn
     assert (tmp_path / "plots" / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_preemption_notice_checkpoints_and_moves_off_before_the_deadline(prepared, tmp_path):
+    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` with a 20 s deadline on a
+    node that holds a rank: the run checkpoints at once, goes on without the node before
+    the deadline with no step to redo, and grows back when a node is added."""
+    from ray.cluster_utils import Cluster
+
+    steps = 4000  # long enough at one worker for a new node's worker to start
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
+        cluster.wait_for_nodes()
+        overrides = [f"train.steps={steps}", "optimizer.momentum=0", "optimizer.lr=0.02",
+                     "checkpoint.every_steps=100", "scaling.workers=[1,2]",
+                     "scaling.spares=0", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
+                     "train.audit_samples=true"]
+        args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(tmp_path),
+                "--address", cluster.address]
+        for override in overrides:
+            args += ["--set", override]
+        driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for_step(tmp_path, 12, driver)
+        drained_at = time.time()
+        drain = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address,
+                                "--node-id", nodes[1].node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                                "--reason-message", "spot instance reclaimed", "--deadline-remaining-seconds", "20"],
+                               capture_output=True, text=True, timeout=60)
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        wait_for_world_size(tmp_path, 1, driver)
+        assert time.time() - drained_at < 20, "the run was still on the node at its deadline"
+        cluster.add_node(num_cpus=1, resources={"trainer": 1})
+        output, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 0, output[-3000:]
+    finally:
+        cluster.shutdown()
+
+    events = list(read_jsonl(tmp_path / "events.jsonl"))
+    assert [e["nodes"] for e in events if e["event"] == "preemption_notice"] == [[nodes[1].node_id]]
+    evacuated = next(e for e in events if e["event"] == "moved_off_nodes")
+    assert evacuated["before_deadline_s"] > 0
+    assert not any(e["event"] == "failure" for e in events)  # no worker was lost
+    records = latest_per_step(list(read_jsonl(tmp_path / "metrics.jsonl")))
+    sizes = [r["world_size"] for r in records]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2, "expected 2 -> 1 -> 2 workers"
+    failure = next(r["failure"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "failure" in r)
+    assert failure["preempted"] and failure["steps_redone"] == 0
+    assert failure["world_size_before"] == 2 and failure["world_size_after"] == 1
+    resumed = next(e for e in events if e["event"] == "resumed")
+    assert resumed["step"] == failure["last_step"] == evacuated_step(events)  # the notice's own checkpoint
+
+    spec = make_spec(json_job(), train__steps=steps, optimizer__momentum=0, optimizer__lr=0.02)
+    reference = train_in_processes(spec, prepared(spec), 2, tmp_path / "reference")
+    # The same losses through the move (fp32 sums in another order at one worker drift
+    # apart over thousands of steps, so the first 1200 are compared, as for a lost node).
+    assert len(records) == len(reference) == steps
+    for got, want in zip(records[:1200], reference[:1200], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4), f"step {got['step']}"
+    assert_each_sample_once(tmp_path, records, GlobalBatchSampler(prepared(spec).train.order, 32, seed=3), steps)
+
+
+def evacuated_step(events: list[dict]) -> int:
+    return next(e["step"] for e in events if e["event"] == "evacuated")
+
+
+def wait_for_world_size(run_dir: Path, size: int, process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r["world_size"] == size for r in read_jsonl(run_dir / "metrics.jsonl")):
+        assert process.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, f"no step at world size {size}"
+        time.sleep(0.05)

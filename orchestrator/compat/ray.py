@@ -24,6 +24,17 @@ def on_head_node() -> bool:
     return True
 
 
+def draining_nodes() -> dict[str, float]:
+    """The nodes Ray is draining, as {node id (hex): deadline (Unix seconds, inf when
+    none)}. A drain is how Ray says a node is about to go: `ray drain-node`, and
+    autoscaler v2's idle and preemption terminations, which cloud spot notices become.
+    No public call lists them; Ray Train's own preemption watcher reads the same."""
+    from ray._private.state import state
+
+    return {node: deadline_ms / 1000 if deadline_ms else float("inf")
+            for node, deadline_ms in state.get_draining_nodes().items()}
+
+
 def check() -> None:
     """Raise when the running Ray lacks what this module relies on.
 
@@ -31,7 +42,13 @@ def check() -> None:
         RuntimeError: naming the installed and the tested version.
     """
     import ray
+    from ray._private.state import state
 
+    if not hasattr(state, "get_draining_nodes"):
+        raise RuntimeError(
+            f"Ray {ray.__version__} has no ray._private.state.state.get_draining_nodes (checked with Ray "
+            f"{TESTED_VERSION}); orchestrator/compat/ray.py needs updating"
+        )
     if ray.is_initialized() and not any(HEAD_NODE_RESOURCE in n["Resources"] for n in ray.nodes()):
         raise RuntimeError(
             f"Ray {ray.__version__} gives no node the {HEAD_NODE_RESOURCE!r} resource "

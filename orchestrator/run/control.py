@@ -23,8 +23,9 @@ from orchestrator.run.storage import ObjectPath, run_path
 class Directive(enum.IntEnum):
     CONTINUE = 0
     RESIZE = 1  # save a checkpoint at the next checkpoint boundary, then return
-    STOP = 2  # save a checkpoint now, then return
-    ABANDON = 3  # the driver died, or another owns the run now: write nothing more
+    EVACUATE = 2  # a node of the attempt is going away: save a checkpoint now, then return
+    STOP = 3  # save a checkpoint now, then return
+    ABANDON = 4  # the driver died, or another owns the run now: write nothing more
 
 
 def request(run_dir: Path, **fields: Any) -> None:

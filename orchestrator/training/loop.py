@@ -225,20 +225,27 @@ def step_record(attempt: Attempt, sampler, step: int, lr: float,
 
 def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
                           resize_requested: bool) -> str | None:
-    """Checkpoint at a boundary or on STOP; return the outcome that ends the attempt, if any.
+    """Checkpoint at a boundary, or at once on STOP or EVACUATE; return the outcome that
+    ends the attempt, if any.
     A checkpoint is written in the background; whatever ends the attempt waits for it."""
     w, layout = attempt.w, attempt.layout
     last = step == w.spec.train.steps
     at_boundary = _due(step, w.spec.checkpoint.every_steps) or last
-    if at_boundary or directive == Directive.STOP:
+    now = directive in (Directive.STOP, Directive.EVACUATE)  # not at the next boundary: now
+    if at_boundary or now:
         state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
         attempt.checkpoints.start_save(state, attempt.strategy.snapshot)
-    if last or directive == Directive.STOP or (resize_requested and at_boundary):
+    if last or now or (resize_requested and at_boundary):
         attempt.checkpoints.wait()
-    if directive == Directive.STOP and not last:
+    if last:
+        return None
+    if directive == Directive.STOP:
         attempt.events.write("stopped", step=step)
         return Outcome.STOPPED
-    if resize_requested and at_boundary and not last:
+    if directive == Directive.EVACUATE:
+        attempt.events.write("evacuated", step=step, world_size=w.world_size)
+        return Outcome.RESIZE
+    if resize_requested and at_boundary:
         attempt.events.write("resize_boundary", step=step, world_size=w.world_size)
         return Outcome.RESIZE
     return None

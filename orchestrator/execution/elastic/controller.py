@@ -48,6 +48,9 @@ class WorkerGroup(Protocol):
     def start(self, world_size: int, attempt: int, failure: dict | None, owner: str) -> None: ...
     def poll(self, timeout_s: float): ...
     def recover(self, drain_timeout_s: float) -> list[str]: ...
+    def draining(self) -> dict[str, float]: ...
+    def running_on(self, nodes) -> bool: ...
+    def leave(self, nodes) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -74,7 +77,7 @@ class ElasticController:
         self.clock = clock
         self.events = EventLog(self.run_dir)
         self.owner = uuid.uuid4().hex
-        self.steering = Steering(self.run_dir, self.owner, group, scaling_policy, spares, self._record)
+        self.steering = Steering(self.run_dir, self.owner, group, scaling_policy, spares, self._record, clock)
 
         self.state = State.SCHEDULING
         self.attempt = 0
@@ -113,6 +116,7 @@ class ElasticController:
         """Start the next attempt with as many ready workers as the policy allows,
         after waiting (until the deadline) for the count this attempt should have."""
         want = self.steering.wanted()
+        self.steering.leave_draining_nodes()
         self.group.spawn_up_to(want + self.spares)
         ready = self.group.refresh(wait_s=0.0)
         target = self.scaling.best(ready, self.steering.requested_workers)
@@ -153,6 +157,8 @@ class ElasticController:
             return State.STOPPED
         # Every rank returned at a resize boundary: schedule at the new size, no waiting.
         self.wait_for, self.wait_deadline = 0, self.clock()
+        # A preemption notice ended it: the next attempt says so as its failure.
+        self.pending_failure = self.steering.moved_off(self.world_size)
         return State.SCHEDULING
 
     def _on_failure(self, failure: FailureReport) -> State:

@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from orchestrator.execution.elastic.drains import LeavesDrainingNodes
 from orchestrator.execution.elastic.worker import TrainWorker
 from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 
@@ -40,7 +41,7 @@ class AttemptStatus:
     failure: FailureReport | None = None  # what ended the attempt, when it failed
 
 
-class RayWorkerGroup:
+class RayWorkerGroup(LeavesDrainingNodes):
     def __init__(self, spec, run_dir: str, resources: dict[str, float], threads: int,
                  reserved_cpus: float) -> None:
         self.spec = spec

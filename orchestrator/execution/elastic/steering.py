@@ -1,21 +1,34 @@
 """Steering a running attempt: the user's scale and stop requests, growing onto new
-capacity, and the directive that tells the workers to checkpoint and return.
+capacity, moving off nodes that are about to go, and the directive that tells the
+workers to checkpoint and return.
 
 The controller asks for this once per look at a running attempt; every decision is
 recorded with its reason through the controller's `record`.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.execution.elastic.policies import Resize, ScalingPolicy
 from orchestrator.run.control import Directive, RequestInbox, write_directive
+from orchestrator.run.records import RunRecords
+
+
+@dataclass(frozen=True)
+class Evacuation:
+    """Nodes of the attempt that Ray drains (a preemption notice), and when it was seen."""
+
+    nodes: tuple[str, ...]
+    noticed_at: float
+    deadline: float  # the earliest of the nodes' deadlines, Unix seconds (inf: none)
 
 
 class Steering:
     def __init__(self, run_dir: Path, owner: str, group, scaling: ScalingPolicy, spares: int,
-                 record: Callable[..., None]) -> None:
+                 record: Callable[..., None], clock: Callable[[], float] = time.time) -> None:
         self.run_dir = run_dir
         self.owner = owner
         self.group = group
@@ -30,6 +43,8 @@ class Steering:
         self.requested_workers: int | None = None
         self.attempt = 0
         self.directive = Directive.CONTINUE
+        self.clock = clock
+        self.evacuation: Evacuation | None = None
 
     def wanted(self) -> int:
         """The worker count to aim for: the user's request, else the most that fits."""
@@ -41,7 +56,56 @@ class Steering:
 
     def while_running(self, world_size: int) -> None:
         self._handle_requests(world_size)
+        self._watch_drains()
         self._maybe_grow(world_size)
+
+    def leave_draining_nodes(self) -> Evacuation | None:
+        """Between attempts: give up the workers on nodes about to go. Returns the
+        evacuation the attempt that just ended made, if it made one."""
+        evacuation, self.evacuation = self.evacuation, None
+        nodes = set(self.group.draining()) | set(evacuation.nodes if evacuation else ())
+        if nodes:
+            self.group.leave(nodes)
+        return evacuation
+
+    def moved_off(self, world_size: int) -> dict | None:
+        """After an attempt returned at a boundary: leave draining nodes. When a
+        preemption notice ended the attempt (it checkpointed and returned), the record
+        the next attempt carries as its failure, with no steps to redo."""
+        evacuation = self.leave_draining_nodes()
+        if evacuation is None:
+            return None
+        margin = evacuation.deadline - self.clock()
+        self.record("moved_off_nodes", attempt=self.attempt, nodes=list(evacuation.nodes),
+                    before_deadline_s=round(margin, 1) if margin != float("inf") else None)
+        return {
+            "detected_at": evacuation.noticed_at,
+            "error": f"preemption notice: {len(evacuation.nodes)} node(s) draining",
+            "last_step": RunRecords(self.run_dir).last_step(),
+            "world_size_before": world_size,
+            "lost_nodes": len(evacuation.nodes),
+            "preempted": True,
+        }
+
+    def _watch_drains(self) -> None:
+        """A node of the attempt is draining: checkpoint now and move off it before its
+        deadline (steps_redone 0), rather than lose the steps since the last checkpoint
+        when it vanishes. Spares on such a node are just given up."""
+        if self.evacuation is not None:
+            return
+        drains = self.group.draining()
+        if not drains:
+            return
+        if not self.group.running_on(drains):
+            self.group.leave(drains)
+            self.record("left_draining_nodes", nodes=sorted(drains), reason="only spares there")
+            return
+        now = self.clock()
+        self.evacuation = Evacuation(tuple(sorted(drains)), now, min(drains.values()))
+        left = self.evacuation.deadline - now
+        self.record("preemption_notice", nodes=list(self.evacuation.nodes),
+                    deadline_in_s=round(left, 1) if left != float("inf") else None)
+        self._direct(Directive.EVACUATE, reason=f"{len(drains)} node(s) draining: checkpoint now and move off")
 
     def _handle_requests(self, world_size: int) -> None:
         requests, rejected = self.requests.poll()
