@@ -117,3 +117,83 @@ def ray_cluster(env: dict[str, str], head_cpus: int = 2, node_cpus: int = 1,
         if node is not None:
             stop_group(node)
         stop_group(head)
+
+
+@contextlib.contextmanager
+def autoscaling_cluster(worker_resources: dict[str, float], max_nodes: int,
+                        head_resources: dict[str, float] | None = None) -> Iterator[dict[str, str]]:
+    """A Ray head on 127.0.0.1 with Ray's autoscaler over its fake multi-node provider:
+    a head with `head_resources` (default one CPU) and a worker node type with
+    `worker_resources` from 0 to `max_nodes` nodes, started as
+    local processes when the autoscaler asks for them and removed when idle (after 6 s).
+    Yields {"gcs": HOST:PORT} and the RAY_AUTH_* variables every client needs.
+
+    `ray.cluster_utils.AutoscalingCluster` cannot serve: Ray's wheel lacks the example
+    config it reads, and it runs `ray stop --force`, which ends every Ray on the machine.
+    The fake provider starts nodes outside the head's process group, so everything is
+    found by a marker in its environment and stopped by process id."""
+    import json
+    import secrets
+    import tempfile
+
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    port, marker, token = free_port(), secrets.token_hex(8), secrets.token_hex(32)
+    head_resources = dict(head_resources or {"CPU": 1})
+    head_cpus = int(head_resources.pop("CPU", 1))
+    config = {
+        "cluster_name": f"fake-{marker}", "max_workers": max_nodes,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": head_cpus, **head_resources}, "node_config": {},
+                                 "max_workers": 0},
+            "worker": {"resources": dict(worker_resources), "node_config": {}, "min_workers": 0,
+                       "max_workers": max_nodes},
+        },
+        "head_node_type": "ray.head.default", "upscaling_speed": 1.0, "idle_timeout_minutes": 0.1,
+        "docker": {}, "auth": {"ssh_user": "ubuntu"}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "initialization_commands": [], "setup_commands": [],
+        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env = {**os.environ, **auth, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "ORCHESTRATOR_TEST_CLUSTER": marker,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--port={port}", f"--num-cpus={head_cpus}",
+         f"--resources={json.dumps(head_resources)}",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--autoscaling-config={handle.name}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, head, timeout=120)
+        yield {"gcs": f"127.0.0.1:{port}", **auth}
+    finally:
+        _kill_marked("ORCHESTRATOR_TEST_CLUSTER", marker)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=10)
+        os.unlink(handle.name)
+        _forget_cluster(port)
+
+
+def _kill_marked(variable: str, value: str) -> None:
+    """SIGKILL every process whose environment has `variable=value` (children inherit it)."""
+    needle = f"{variable}={value}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if needle in environ.read().split(b"\0"):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def _forget_cluster(port: int) -> None:
+    """`ray start --head` leaves /tmp/ray/ray_current_cluster behind when killed, and a
+    later plain `ray.init()` would try to join it: removed when it names this cluster."""
+    path = "/tmp/ray/ray_current_cluster"
+    with contextlib.suppress(OSError):
+        with open(path) as current:
+            named = current.read()
+        if f":{port}" in named:
+            os.unlink(path)

@@ -53,6 +53,9 @@ class FakeGroup:
     def ready_count(self):
         return self.ready
 
+    def starting_count(self):
+        return self.starting
+
     def start(self, world_size, attempt, failure, owner):
         self.started.append((world_size, attempt, failure))
 
@@ -226,13 +229,15 @@ def test_failures_beyond_the_maximum_end_the_run(tmp_path):
     assert "exceeds failure.max_failures 1" in controller.error
 
 
-def test_the_group_grows_back_at_a_checkpoint_boundary(tmp_path):
-    controller, group, _ = make(tmp_path, ready=1, spares=0)
-    group.capacity = 1
-    controller.timings = dataclasses.replace(controller.timings, startup_timeout_s=5.0)
+def test_the_group_starts_with_what_is_there_and_grows_at_a_checkpoint_boundary(tmp_path):
+    """Capacity that is not there yet (an autoscaler's nodes, a node coming back) is not
+    waited for: the job starts with what is ready, and grows when more comes."""
+    controller, group, clock = make(tmp_path, ready=1, max_workers=3, spares=0)
+    group.capacity = 1  # room for one worker now
+    started = clock.now
     run_until(controller, State.RUNNING)
-    assert group.started[-1][0] == 1
-    group.capacity = 2  # a node came back
+    assert group.started[-1][0] == 1 and clock.now - started < 1.0  # not the start-up timeout
+    group.capacity = 3  # the nodes came
     controller.step()
     controller.step()
     assert directive(tmp_path) == Directive.RESIZE.name
@@ -240,7 +245,16 @@ def test_the_group_grows_back_at_a_checkpoint_boundary(tmp_path):
     controller.step()
     group.status = AttemptStatus(running=True)
     run_until(controller, State.RUNNING)
-    assert group.started[-1][:2] == (2, 2)
+    assert group.started[-1][:2] == (3, 2)
+
+
+def test_status_says_which_workers_are_wanted_and_why_the_attempt_waits(tmp_path):
+    controller, group, _ = make(tmp_path, ready=0, min_workers=2, max_workers=3, spares=1)
+    group.capacity = 1
+    controller.step()
+    status = json.loads((tmp_path / "controller.json").read_text())
+    assert status["state"] == "scheduling" and status["workers"]["wanted"] == 4
+    assert "scaling.workers' minimum of 2" in status["waiting"]
 
 
 def test_scale_and_stop_requests_become_directives(tmp_path):

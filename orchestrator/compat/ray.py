@@ -24,6 +24,39 @@ def on_head_node() -> bool:
     return True
 
 
+# Where the v1 autoscaler's monitor publishes its status (what `ray status` reads).
+AUTOSCALER_STATUS_KEY = b"__autoscaling_status"
+
+
+def autoscaler_running() -> bool:
+    """Whether the cluster this process joined has an autoscaler that can add nodes
+    when asked (execution/elastic/demand.py). No public call says so.
+
+    Every Ray head runs the autoscaler's monitor; without a cluster config (an embedded
+    Ray, `ray start` by hand) it is read-only and names each node type after the node
+    itself (`format_readonly_node_type`). Autoscaler v2 publishes its cluster config,
+    with the most nodes of each group."""
+    import json
+
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not _internal_kv_initialized():
+        return False
+    if is_autoscaler_v2(fetch_from_server=True):
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        return config is not None and any(group.max_count != 0 for group in config.node_group_configs)
+    status = _internal_kv_get(AUTOSCALER_STATUS_KEY)
+    if status is None:
+        return False
+    report = json.loads(status).get("autoscaler_report") or {}
+    readonly = format_readonly_node_type("")
+    return any(not name.startswith(readonly) for name in report.get("active_nodes") or {})
+
+
 def draining_nodes() -> dict[str, float]:
     """The nodes Ray is draining, as {node id (hex): deadline (Unix seconds, inf when
     none)}. A drain is how Ray says a node is about to go: `ray drain-node`, and

@@ -117,7 +117,10 @@ class Launcher:
 
         from orchestrator.data.pipeline import prepare_data
 
-        resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec))
+        from orchestrator.compat.ray import autoscaler_running
+
+        resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec),
+                                 can_grow=autoscaler_running())
         workers = self.backend.start_workers(self.spec, self.run_dir, resources)  # start meanwhile
         try:
             data = prepare_data(self.spec, RunFiles(self.run_dir).data)

@@ -30,8 +30,10 @@ class WorkerResources:
         return resources
 
 
-def size_workers(spec: JobSpec, cluster: dict[str, float], spares: int) -> WorkerResources:
-    """Fit the workers (and `spares` standby workers) into the cluster.
+def size_workers(spec: JobSpec, cluster: dict[str, float], spares: int, can_grow: bool = False) -> WorkerResources:
+    """Fit the workers (and `spares` standby workers) into the cluster. A cluster that
+    `can_grow` (it has an autoscaler) is asked for them instead (elastic/demand.py):
+    each worker gets `scaling.cpus_per_worker`, one CPU when unset.
 
     Raises:
         ResourceError: naming the scaling key to change.
@@ -39,19 +41,22 @@ def size_workers(spec: JobSpec, cluster: dict[str, float], spares: int) -> Worke
     scaling = spec.scaling
     count = scaling.max_workers + spares
     cpus = cluster.get("CPU", 0.0)
-    if scaling.use_gpu and cluster.get("GPU", 0.0) < scaling.min_workers:
-        raise ResourceError(
-            f"scaling.use_gpu: the job needs {scaling.min_workers} GPUs (one per worker) and the "
-            f"cluster has {int(cluster.get('GPU', 0))}; lower scaling.workers or set use_gpu: false"
-        )
-    spare = cpus - CPUS_KEPT_FOR_DATA
-    per_worker = scaling.cpus_per_worker or min(1.0, math.floor(spare / count * 100) / 100)
-    if per_worker < MIN_CPUS_PER_WORKER or per_worker * (scaling.min_workers + spares) > spare:
-        raise ResourceError(
-            f"scaling: {scaling.min_workers} workers (+{spares} spares) x {per_worker:g} CPUs do not fit in the "
-            f"cluster's {cpus:g} CPUs while keeping {CPUS_KEPT_FOR_DATA:g} for data loading; "
-            "lower scaling.workers or scaling.cpus_per_worker, or add nodes"
-        )
+    if can_grow:
+        per_worker = scaling.cpus_per_worker or 1.0
+    else:
+        if scaling.use_gpu and cluster.get("GPU", 0.0) < scaling.min_workers:
+            raise ResourceError(
+                f"scaling.use_gpu: the job needs {scaling.min_workers} GPUs (one per worker) and the "
+                f"cluster has {int(cluster.get('GPU', 0))}; lower scaling.workers or set use_gpu: false"
+            )
+        spare = cpus - CPUS_KEPT_FOR_DATA
+        per_worker = scaling.cpus_per_worker or min(1.0, math.floor(spare / count * 100) / 100)
+        if per_worker < MIN_CPUS_PER_WORKER or per_worker * (scaling.min_workers + spares) > spare:
+            raise ResourceError(
+                f"scaling: {scaling.min_workers} workers (+{spares} spares) x {per_worker:g} CPUs do not fit in "
+                f"the cluster's {cpus:g} CPUs while keeping {CPUS_KEPT_FOR_DATA:g} for data loading; "
+                "lower scaling.workers or scaling.cpus_per_worker, or add nodes"
+            )
     physical = os.cpu_count() or 1
     workers = scaling.workers if isinstance(scaling.workers, int) else tuple(scaling.workers)
     return WorkerResources(

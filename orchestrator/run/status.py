@@ -43,9 +43,19 @@ def read_status(run_dir: RunPath) -> dict:
         "samples_per_s": last.get("samples_per_s"),
         "loss": last.get("loss"),
         "driver": _driver(run_dir) if state in ACTIVE_STATES else None,
+        "workers": _workers(controller) if state in ACTIVE_STATES else None,
+        "waiting": controller.get("waiting") if state in ACTIVE_STATES else None,
         "started": _started(events),
         "error": (summary.get("error") or "").splitlines()[0] or None if summary and state == "failed" else None,
     }
+
+
+def _workers(controller: dict) -> str | None:
+    """Wanted (spares included) / starting / ready / training, as the controller last saw."""
+    counts = controller.get("workers")
+    if not isinstance(counts, dict):
+        return None
+    return ", ".join(f"{counts.get(k)} {k}" for k in ("wanted", "starting", "ready", "training"))
 
 
 def _started(events: list[dict]) -> str | None:

@@ -45,6 +45,7 @@ class WorkerGroup(Protocol):
     def spawn_up_to(self, total: int) -> None: ...
     def refresh(self, wait_s: float = 0.0) -> int: ...
     def ready_count(self) -> int: ...
+    def starting_count(self) -> int: ...
     def start(self, world_size: int, attempt: int, failure: dict | None, owner: str) -> None: ...
     def poll(self, timeout_s: float): ...
     def recover(self, drain_timeout_s: float) -> list[str]: ...
@@ -87,6 +88,7 @@ class ElasticController:
         self.pending_failure: dict | None = None
         self.wait_for: int | None = None  # workers to wait for before the next attempt
         self.wait_deadline = 0.0
+        self.waiting: str | None = None  # why the next attempt has not started, while it waits
         self.error: str | None = None
 
     # ---- driving --------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class ElasticController:
         if new_state != self.state:
             self._record("state", state=new_state.value)
         self.state = new_state
-        self._write_status()
+        write_status(self)
         return new_state
 
     # ---- states ---------------------------------------------------------------------------
@@ -122,16 +124,25 @@ class ElasticController:
         target = self.scaling.best(ready, self.steering.requested_workers)
         if self.wait_for is None:
             self.wait_for, self.wait_deadline = want, self.clock() + self.timings.startup_timeout_s
-        still_waiting = ready < self.wait_for and self.clock() < self.wait_deadline
+        # Workers already starting are waited for; capacity that is not there yet (an
+        # autoscaler's nodes) is not: the attempt starts with the minimum, and grows at
+        # a checkpoint boundary as workers come (steering.py). After a failure the dead
+        # worker's slot frees once Ray sees it gone: its replacement is waited for.
+        starting = self.group.starting_count()
+        expected = starting or target is None or self.pending_failure is not None
+        still_waiting = ready < self.wait_for and self.clock() < self.wait_deadline and expected
         if target is None or still_waiting:
             if target is None and self.clock() >= self.wait_deadline:
                 self.error = (f"only {ready} workers could be started; scaling.workers needs at "
                               f"least {self.scaling.min_workers}")
                 self._record("errored", reason=self.error)
                 return State.ERRORED
+            self.waiting = (f"for {self.wait_for - ready} more workers ({starting} starting)" if target
+                            else f"for scaling.workers' minimum of {self.scaling.min_workers}: {ready} ready, "
+                                 f"{starting} starting, capacity for {want + self.spares} asked of the cluster")
             self.group.refresh(wait_s=self.timings.poll_interval_s)
             return State.SCHEDULING
-        self.wait_for = None
+        self.wait_for = self.waiting = None
         self.attempt += 1
         if self.pending_failure is not None:
             self.pending_failure["world_size_after"] = target
@@ -199,10 +210,17 @@ class ElasticController:
         self.events.write(event, **fields)
         log.info("%s %s", event, fields)
 
-    def _write_status(self) -> None:
-        status = {
-            "state": self.state.value, "attempt": self.attempt, "world_size": self.world_size,
-            "failures": self.failures, "requested_workers": self.steering.requested_workers,
-            "time": self.clock(),
-        }
-        atomic_write_text(RunFiles(self.run_dir).controller_state, json.dumps(status))
+
+def write_status(controller: ElasticController) -> None:
+    """The controller's state for `orchestrator status`: the attempt, the workers
+    wanted, starting, ready and training, and why the next attempt waits, if it does."""
+    group, steering = controller.group, controller.steering
+    status = {
+        "state": controller.state.value, "attempt": controller.attempt, "world_size": controller.world_size,
+        "failures": controller.failures, "requested_workers": steering.requested_workers,
+        "workers": {"wanted": steering.wanted() + controller.spares, "starting": group.starting_count(),
+                    "ready": group.ready_count(), "training": controller.world_size},
+        "waiting": controller.waiting if controller.state == State.SCHEDULING else None,
+        "time": controller.clock(),
+    }
+    atomic_write_text(RunFiles(controller.run_dir).controller_state, json.dumps(status))

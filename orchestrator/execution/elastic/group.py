@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from orchestrator.execution.elastic.demand import CapacityDemand
 from orchestrator.execution.elastic.drains import LeavesDrainingNodes
 from orchestrator.execution.elastic.worker import TrainWorker
 from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
@@ -56,6 +57,7 @@ class RayWorkerGroup(LeavesDrainingNodes):
         self.futures: list[Any] = []
         self.stuck: set[int] = set()  # ranks of the failed attempt that never returned
         self.suspect_nodes: set[str] = set()
+        self.demand = CapacityDemand(resources)
 
     # ---- membership --------------------------------------------------------------------------
     def _new_member(self) -> Member:
@@ -68,22 +70,16 @@ class RayWorkerGroup(LeavesDrainingNodes):
         return Member(actor=actor, ready_ref=actor.ready.remote())
 
     def spawn_up_to(self, total: int) -> None:
-        """Start actors until ready + starting reaches `total`, as far as free resources allow."""
+        """Ask the autoscaler for `total` workers, and start actors until ready + starting
+        reaches it, as far as free resources allow (more start as nodes come)."""
+        self.demand.want(total)
         missing = total - len(self.members) - len(self.pending)
-        slots = self.free_slots() if missing > 0 else 0
+        slots = free_slots(self.resources, self.reserved_cpus) if missing > 0 else 0
         for _ in range(min(missing, slots)):
             self.pending.append(self._new_member())
         if missing > 0:
             log.info("workers: %d ready, %d starting, %d missing, %d free slots",
                      len(self.members), len(self.pending), missing, slots)
-
-    def free_slots(self) -> int:
-        available = ray.available_resources()
-        slots = math.inf
-        for name, need in self.resources.items():
-            have = available.get(name, 0.0) - (self.reserved_cpus if name == "CPU" else 0.0)
-            slots = min(slots, math.floor(have / need + 1e-9) if need else math.inf)
-        return max(0, int(slots)) if slots != math.inf else 0
 
     def refresh(self, wait_s: float = 0.0) -> int:
         """Move started actors to the ready pool; returns how many are ready."""
@@ -101,6 +97,9 @@ class RayWorkerGroup(LeavesDrainingNodes):
 
     def ready_count(self) -> int:
         return len(self.members)
+
+    def starting_count(self) -> int:
+        return len(self.pending)
 
     def provide_data(self, data_ref) -> None:
         """The prepared data, given to each worker with its first job (workers start
@@ -188,9 +187,20 @@ class RayWorkerGroup(LeavesDrainingNodes):
                 ray.kill(member.actor, no_restart=True)
 
     def shutdown(self) -> None:
+        self.demand.release()
         for member in self.members + self.pending:
             ray.kill(member.actor, no_restart=True)
         self.members, self.pending, self.active, self.futures = [], [], [], []
+
+
+def free_slots(resources: dict[str, float], reserved_cpus: float) -> int:
+    """How many more workers of `resources` the cluster has room for now."""
+    available = ray.available_resources()
+    slots = math.inf
+    for name, need in resources.items():
+        have = available.get(name, 0.0) - (reserved_cpus if name == "CPU" else 0.0)
+        slots = min(slots, math.floor(have / need + 1e-9) if need else math.inf)
+    return max(0, int(slots)) if slots != math.inf else 0
 
 
 def _failed_ranks(futures: list[Any], done: list[Any]) -> dict[int, ray.exceptions.RayError]:

@@ -41,7 +41,10 @@ class WarmWorkers:
         """
         deadline = time.monotonic() + self.startup_timeout_s
         self.group.spawn_up_to(self.want + self.spares)
-        while self.group.refresh(wait_s=self.poll_interval_s) < self.want and time.monotonic() < deadline:
+        # As the controller does: workers starting are waited for, capacity not there
+        # yet (an autoscaler's nodes) only until the job's minimum is ready.
+        while (self.group.refresh(wait_s=self.poll_interval_s) < self.want and time.monotonic() < deadline
+               and (self.group.starting_count() or self.best(self.group.ready_count()) is None)):
             self.group.spawn_up_to(self.want + self.spares)
         size = self.best(self.group.ready_count())
         if size is None:
