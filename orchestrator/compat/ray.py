@@ -57,6 +57,14 @@ def autoscaler_running() -> bool:
     return any(not name.startswith(readonly) for name in report.get("active_nodes") or {})
 
 
+def available_per_node() -> dict[str, dict[str, float]]:
+    """Each node's free resources now, by node id (hex). `ray.available_resources()`
+    gives only the cluster's sum; placing workers on chosen nodes needs each node's."""
+    from ray._private.state import available_resources_per_node
+
+    return available_resources_per_node()
+
+
 def draining_nodes() -> dict[str, float]:
     """The nodes Ray is draining, as {node id (hex): deadline (Unix seconds, inf when
     none)}. A drain is how Ray says a node is about to go: `ray drain-node`, and

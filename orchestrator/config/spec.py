@@ -212,6 +212,11 @@ class ScalingSection(Section):
         "elastic", description="elastic: our controller holds the worker actors (fast "
         "recovery, resizes); ray_train: Ray Train's TorchTrainer restarts the group."
     )
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="Where new workers go (elastic backend): pack fills the nodes that hold "
+        "the job's workers first, so tensor and pipeline groups share a node; spread puts each on "
+        "the node with the fewest. Either way ranks on one node are adjacent."
+    )
 
     @field_validator("workers")
     @classmethod

@@ -61,6 +61,8 @@ def render_plan(spec: JobSpec, workers: int) -> str:
                 f"{human_bytes(share.grads)}, optimizer {human_bytes(share.optimizer)}, "
                 f"total {human_bytes(share.params + share.grads + share.optimizer)}"
             )
+    if dims.tp > 1 or dims.pp > 1:
+        lines.append(_placement_line(spec, dims))
     lines += _data_lines(spec, arguments, dims.dp)
     if spec.scaling.min_workers != spec.scaling.max_workers:
         accum = {
@@ -69,6 +71,13 @@ def render_plan(spec: JobSpec, workers: int) -> str:
         }
         lines.append("elastic range: " + ", ".join(f"{n} workers -> accumulation {a}" for n, a in accum.items()))
     return "\n".join(lines)
+
+
+def _placement_line(spec: JobSpec, dims) -> str:
+    group = dims.tp * dims.pp
+    return (f"placement: {spec.scaling.placement}; ranks on one node are adjacent, so a node with {dims.tp} "
+            f"worker slots keeps a tensor group's collectives inside it ({group} slots: a whole pipeline of "
+            f"{dims.pp} stage(s) x tensor {dims.tp})")
 
 
 def _data_lines(spec: JobSpec, arguments: dict, dp_size: int) -> list[str]:

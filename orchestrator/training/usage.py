@@ -88,8 +88,15 @@ class UsageSampler:
 
 def write_usage(run_dir, rank: int, world_size: int, step: int, usage: dict[str, Any]) -> None:
     """Append this rank's record of the attempt that ended at `step`."""
-    record = {"rank": rank, "world_size": world_size, "step": step, "pid": os.getpid(), **usage}
+    record = {"rank": rank, "world_size": world_size, "step": step, "pid": os.getpid(), "node": _node_id(), **usage}
     append_jsonl(RunFiles(run_dir).usage, record)
+
+
+def _node_id() -> str | None:
+    """The Ray node this rank runs on (where placement put it), if it runs in Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _cpu_seconds() -> float:

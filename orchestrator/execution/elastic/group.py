@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from orchestrator.execution.elastic.demand import CapacityDemand
+from orchestrator.compat.ray import available_per_node
 from orchestrator.execution.elastic.drains import LeavesDrainingNodes
+from orchestrator.execution.elastic.placement import by_node, choose_nodes, free_slots_per_node
 from orchestrator.execution.elastic.worker import TrainWorker
 from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 
@@ -60,23 +63,18 @@ class RayWorkerGroup(LeavesDrainingNodes):
         self.demand = CapacityDemand(resources)
 
     # ---- membership --------------------------------------------------------------------------
-    def _new_member(self) -> Member:
-        resources = dict(self.resources)
-        options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0),
-                   "resources": resources or None}
-        actor = TrainWorker.options(**options).remote(
-            self.spec, self.run_dir, self.threads, bool(options["num_gpus"])
-        )
-        return Member(actor=actor, ready_ref=actor.ready.remote())
-
     def spawn_up_to(self, total: int) -> None:
         """Ask the autoscaler for `total` workers, and start actors until ready + starting
-        reaches it, as far as free resources allow (more start as nodes come)."""
+        reaches it, as far as free resources allow (more start as nodes come), on the
+        nodes `scaling.placement` chooses (placement.py)."""
         self.demand.want(total)
         missing = total - len(self.members) - len(self.pending)
         slots = free_slots(self.resources, self.reserved_cpus) if missing > 0 else 0
-        for _ in range(min(missing, slots)):
-            self.pending.append(self._new_member())
+        if min(missing, slots) > 0:
+            ours = Counter(m.node_id for m in self.members + self.pending)
+            free = free_slots_per_node(available_per_node(), self.resources)
+            for node in choose_nodes(free, ours, min(missing, slots), self.spec.scaling.placement):
+                self.pending.append(start_worker(self.spec, self.run_dir, self.threads, self.resources, node))
         if missing > 0:
             log.info("workers: %d ready, %d starting, %d missing, %d free slots",
                      len(self.members), len(self.pending), missing, slots)
@@ -112,10 +110,11 @@ class RayWorkerGroup(LeavesDrainingNodes):
         """Start an attempt on `world_size` ready workers; `job` (spec, run directory)
         trains another job than the group's own (see TrainWorker.run_attempt)."""
         assert self.data_holder, "provide_data() before the first attempt"
-        # Keep surviving ranks first so rank 0 stays where it was when it can.
+        # Keep surviving ranks first so rank 0 stays where it was when it can; ranks on
+        # one node next to each other (placement.py).
         ordered = [m for m in self.active if m in self.members]
         ordered += [m for m in self.members if m not in ordered]
-        self.active = ordered[:world_size]
+        self.active = by_node(ordered, lambda m: m.node_id)[:world_size]
         address = ray.get(self.active[0].actor.rendezvous_address.remote())
         driver = (ray.get_runtime_context().get_node_id(), os.getpid())
         self.futures = [
@@ -191,6 +190,20 @@ class RayWorkerGroup(LeavesDrainingNodes):
         for member in self.members + self.pending:
             ray.kill(member.actor, no_restart=True)
         self.members, self.pending, self.active, self.futures = [], [], [], []
+
+
+def start_worker(spec, run_dir: str, threads: int, resources: dict[str, float], node: str | None) -> Member:
+    """A worker actor on `node` if it has room when Ray places it (soft affinity), else
+    wherever `scaling.placement` has Ray put it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    resources = dict(resources)
+    where = (NodeAffinitySchedulingStrategy(node, soft=True) if node
+             else "SPREAD" if spec.scaling.placement == "spread" else "DEFAULT")
+    options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0),
+               "resources": resources or None, "scheduling_strategy": where}
+    actor = TrainWorker.options(**options).remote(spec, run_dir, threads, bool(options["num_gpus"]))
+    return Member(actor=actor, node_id=node, ready_ref=actor.ready.remote())  # node: the one meant, until ready
 
 
 def free_slots(resources: dict[str, float], reserved_cpus: float) -> int:
