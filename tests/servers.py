@@ -197,3 +197,18 @@ def _forget_cluster(port: int) -> None:
             named = current.read()
         if f":{port}" in named:
             os.unlink(path)
+
+
+@contextlib.contextmanager
+def fake_metadata(notice_file: str) -> Iterator[str]:
+    """A cloud metadata server (tests/fake_metadata.py) on 127.0.0.1 that gives a
+    preemption notice once `notice_file` exists. Yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.fake_metadata", "--port", str(port),
+                                "--notice", notice_file], cwd=os.path.dirname(os.path.dirname(__file__)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

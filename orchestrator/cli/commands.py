@@ -324,6 +324,27 @@ def status(run_dir: str = RunDirArgument, as_json: bool = typer.Option(False, "-
     typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
 
 
+@app.command(name="watch-preemption")
+def watch_preemption(
+    cloud: str = typer.Option(..., "--cloud", help="aws (spot instance-action) or gcp (instance/preempted)."),
+    address: str = typer.Option("auto", "--address", help="The Ray cluster's GCS address."),
+    node_id: Optional[str] = typer.Option(None, "--node-id", help="The node to drain (default: this one)."),
+    metadata: Optional[str] = typer.Option(None, "--metadata", help="The metadata server (default: the cloud's)."),
+    interval: float = typer.Option(5.0, "--interval", min=0.1, help="Seconds between looks."),
+) -> None:
+    """Run on a cluster node: wait for the cloud's preemption notice, then drain the node
+    in Ray so a job checkpoints and moves off it before it goes."""
+    from orchestrator.execution.preemption_notices import NOTICES, drain_this_node, wait_for_notice
+
+    if cloud not in NOTICES:
+        raise _fail(f"--cloud {cloud}: expected one of {', '.join(NOTICES)}", 2)
+    deadline = wait_for_notice(cloud, metadata, interval)
+    try:
+        drain_this_node(address, node_id, deadline, cloud)
+    except ResourceError as error:
+        raise _fail(str(error), 1)
+
+
 @app.command()
 def report(run_dir: str = RunDirArgument) -> None:
     """Plot one run: loss, throughput and workers over time, failures, resizes and checkpoints marked."""
