@@ -1,7 +1,8 @@
-"""Parallelism strategies, registered by name. Importing this package registers them all."""
+"""Parallelism strategies, registered by name. Importing this package registers them all;
+the heavier ones register their options only and import their runtime when built."""
 from strategies import ddp  # noqa: F401  (registers "ddp")
-from strategies import fsdp  # noqa: F401  (registers "fsdp")
-from strategies import hybrid  # noqa: F401  (registers "tensor", "pipeline", "hybrid")
+from strategies import fsdp_options  # noqa: F401  (registers "fsdp")
+from strategies import model_parallel_options  # noqa: F401  (registers "tensor", "pipeline", "hybrid")
 from strategies import sequential  # noqa: F401  (registers "sequential")
 from strategies import zero  # noqa: F401  (registers "zero")
 from strategies.base import StepShape, Strategy

@@ -9,10 +9,7 @@ Exercised by: pytest tests/test_strategy_parity.py -k fsdp
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -20,18 +17,7 @@ from torch.distributed.fsdp import fully_shard
 from strategies.base import Strategy
 from strategies.blocks import repeated_blocks
 from strategies.mesh import ParallelDims
-from strategies.registry import StrategyOptions, Sharding, StrategySpec, register_strategy
-
-
-class FSDPOptions(StrategyOptions):
-    """`strategy:` section for `name: fsdp`."""
-    name: Literal["fsdp"] = "fsdp"
-    reshard_after_forward: bool = Field(
-        True,
-        description="Free each block's gathered parameters after its forward pass and gather "
-        "them again for backward (ZeRO-3). false keeps them until backward is done: one "
-        "all-gather fewer per block, at the memory of whole parameters during the step.",
-    )
+from strategies.fsdp_options import FSDPOptions  # noqa: F401  (the options this strategy takes)
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool | None = None) -> nn.Module:
@@ -63,17 +49,3 @@ class FSDPStrategy(Strategy):
 
     # No `accumulate` override: gradients are reduce-scattered after every micro-batch
     # and summed into the shards, so whole gradients never outlive one backward pass.
-
-
-register_strategy(
-    StrategySpec(
-        name="fsdp",
-        options=FSDPOptions,
-        build=FSDPStrategy,
-        layout=lambda options, world_size: ParallelDims(world_size=world_size, dp=world_size),
-        summary="fully sharded data parallel (PyTorch FSDP2): parameters, gradients and "
-        "optimizer state sharded across workers",
-        sharding=lambda options: Sharding(params=True, grads=True, optimizer=True),
-        changes_math=lambda options: True,
-    )
-)

@@ -23,7 +23,7 @@ from typing import Iterable, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -35,7 +35,6 @@ from strategies.compat import torch as compat_torch
 from strategies.fsdp import apply_fsdp
 from strategies.mesh import ParallelDims
 from strategies.pipeline_parallel import (
-    SCHEDULES,
     LocalStages,
     Pipeline,
     StageModule,
@@ -47,7 +46,8 @@ from strategies.pipeline_parallel import (
     stage_bounds,
     theoretical_bubble,
 )
-from strategies.registry import StrategyOptions, ModelLayout, StrategySpec, register_strategy
+from strategies.model_parallel_options import HybridOptions, PipelineOptions, TensorOptions  # noqa: F401
+from strategies.registry import ModelLayout
 from strategies.tensor_parallel import (
     PlanError,
     apply_tensor_parallel,
@@ -57,68 +57,6 @@ from strategies.tensor_parallel import (
     sharded_parameters,
     unsplit_layers,
 )
-
-
-# ---- job.yaml ---------------------------------------------------------------------------------
-class _TensorFields(StrategyOptions):
-    plan: Literal["model", "auto"] = Field(
-        "model",
-        description="`model`: the model's own tensor plan (gpt: heads and MLP; mlp: column/row "
-        "pairs). `auto`: split every nn.Linear of any model, pairing consecutive ones.",
-    )
-
-
-class _PipelineFields(StrategyOptions):
-    schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
-        "1f1b", description="Pipeline schedule."
-    )
-    microbatches: int = Field(
-        4, ge=1, description="Pipeline micro-batches each train.micro_batch_size batch is split into."
-    )
-    stages_per_worker: int | None = Field(
-        None, ge=1, description="Stages each pipeline worker holds; more than 1 needs "
-        "interleaved_1f1b (default there: 2, else 1).",
-    )
-    split_points: list[int] | None = Field(
-        None, description="Index of the block each stage after the first starts at, counted over "
-        "the model's block sequence: `model.layers`, or for a Hugging Face decoder its "
-        "`pipeline_blocks` (embed_tokens, each decoder layer, norm, lm_head: `orchestrator plan` "
-        "lists them); default: stages balanced by parameter count.",
-    )
-
-    @model_validator(mode="after")
-    def _stages_fit_schedule(self):
-        if (self.stages_per_worker or 1) > 1 and self.schedule != "interleaved_1f1b":
-            raise ValueError(
-                f"stages_per_worker: {self.stages_per_worker} stages per worker need "
-                f"schedule: interleaved_1f1b, not {self.schedule!r}"
-            )
-        return self
-
-
-class TensorOptions(_TensorFields):
-    """`strategy:` section for `name: tensor`."""
-
-    name: Literal["tensor"] = "tensor"
-    tp: int = Field(2, ge=1, description="Tensor-parallel degree; data parallelism takes the rest.")
-
-
-class PipelineOptions(_PipelineFields):
-    """`strategy:` section for `name: pipeline`."""
-
-    name: Literal["pipeline"] = "pipeline"
-    pp: int = Field(2, ge=1, description="Pipeline workers; data parallelism takes the rest.")
-
-
-class HybridOptions(_TensorFields, _PipelineFields):
-    """`strategy:` section for `name: hybrid`."""
-
-    name: Literal["hybrid"] = "hybrid"
-    tp: int = Field(1, ge=1, description="Tensor-parallel degree.")
-    pp: int = Field(1, ge=1, description="Pipeline workers.")
-    data_parallel: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="The data dimension: full replicas (ddp) or sharded ones (fsdp)."
-    )
 
 
 @dataclass(frozen=True)
@@ -476,38 +414,3 @@ def _paths_in_short(paths: list[str]) -> str:
         else:
             runs.append([prefix, int(index), int(index)] if index.isdigit() else [path, None, None])
     return ", ".join(p if a is None else f"{p}.{a}" + (f"-{b}" if b > a else "") for p, a, b in runs)
-
-
-def _register(name: str, options: type[BaseModel], layout, summary: str) -> None:
-    register_strategy(
-        StrategySpec(
-            name=name,
-            options=options,
-            build=ModelParallelStrategy,
-            layout=layout,
-            summary=summary,
-            check=check,
-            describe=describe,
-            changes_math=lambda options: True,
-        )
-    )
-
-
-_register(
-    "tensor",
-    TensorOptions,
-    lambda options, world_size: ParallelDims.fill_data_parallel(world_size, tp=options.tp),
-    "tensor parallel: nn.Linear layers split Megatron-style (column then row) over tp workers",
-)
-_register(
-    "pipeline",
-    PipelineOptions,
-    lambda options, world_size: ParallelDims.fill_data_parallel(world_size, pp=options.pp),
-    f"pipeline parallel: blocks cut into stages, micro-batches scheduled ({', '.join(SCHEDULES)})",
-)
-_register(
-    "hybrid",
-    HybridOptions,
-    lambda options, world_size: ParallelDims.fill_data_parallel(world_size, tp=options.tp, pp=options.pp),
-    "data x pipeline x tensor on one device mesh; data parallel (ddp or fsdp) fills the workers",
-)

@@ -27,8 +27,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from strategies.blocks import named_blocks, shared_modules
-
-SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+from strategies.model_parallel_options import SCHEDULES  # noqa: F401  (what the schedules are called)
 
 
 # ---- where to cut -------------------------------------------------------------------------

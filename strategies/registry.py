@@ -6,6 +6,7 @@ runtime `Strategy`. Presets are data: register another name with other defaults.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -102,6 +103,18 @@ class StrategySpec:
     describe: Callable[[BaseModel, "nn.Module", "ParallelDims"], ModelLayout] | None = None
     check_job: Callable[[BaseModel, Any], list[str]] | None = None
     changes_math: Callable[[BaseModel], bool] = lambda options: False
+
+
+def runtime(module: str, name: str) -> Callable[..., Any]:
+    """`module.name` (a class or function of a strategy's runtime), imported on the first
+    call: the registry, and the checks when a job is loaded, need only the options, not
+    torch's parallel machinery (FSDP, DTensor, pipelining and dynamo: about a second)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{name}"
+    return call
 
 
 STRATEGY_REGISTRY: dict[str, StrategySpec] = {}

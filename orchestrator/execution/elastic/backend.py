@@ -16,13 +16,15 @@ class ElasticBackend:
         return spec.scaling.spares
 
     def start_workers(self, spec: JobSpec, run_dir: Path, resources: WorkerResources):
-        """Start the worker actors, spares included, before the data is prepared: their
-        start (a process, Ray, torch) overlaps the preparation. Returns the group."""
+        """Start the worker actors before the data is prepared: their start (a process,
+        Ray, torch) overlaps the preparation. Spares start once training has: on a small
+        machine they would slow the start of the workers training waits for. Returns
+        the group."""
         from orchestrator.execution.elastic.group import RayWorkerGroup
 
         group = RayWorkerGroup(spec, str(run_dir), resources.ray_resources(),
                                resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA)
-        group.spawn_up_to(spec.scaling.max_workers + spec.scaling.spares)
+        group.spawn_up_to(spec.scaling.max_workers)
         return group
 
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
@@ -45,7 +47,7 @@ class ElasticBackend:
         )
         if before_training is not None:
             warm = WarmWorkers(group, scaling.max_workers, lambda ready: controller.scaling.best(ready, None),
-                               controller.timings.startup_timeout_s, spares=scaling.spares)
+                               controller.timings.startup_timeout_s)
             try:
                 before_training(warm)
             except BaseException:

@@ -119,7 +119,9 @@ class ElasticController:
         after waiting (until the deadline) for the count this attempt should have."""
         want = self.steering.wanted()
         self.steering.leave_draining_nodes()
-        self.group.spawn_up_to(want + self.spares)
+        # The first attempt's spares start once it runs (_watch): on a small machine
+        # they would slow the start of the workers it waits for.
+        self.group.spawn_up_to(want + (self.spares if self.attempt else 0))
         ready = self.group.refresh(wait_s=0.0)
         target = self.scaling.best(ready, self.steering.requested_workers)
         if self.wait_for is None:
@@ -156,6 +158,7 @@ class ElasticController:
     def _watch(self) -> State:
         status = self.group.poll(self.timings.poll_interval_s)
         if status.running:
+            self.group.spawn_up_to(self.steering.wanted() + self.spares)  # spares, and replacements for them
             self.steering.while_running(self.world_size)
             return State.RUNNING
         if status.failure is not None:
