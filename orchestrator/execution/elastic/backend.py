@@ -16,15 +16,14 @@ class ElasticBackend:
         return spec.scaling.spares
 
     def start_workers(self, spec: JobSpec, run_dir: Path, resources: WorkerResources):
-        """Start the worker actors before the data is prepared: their start (a process,
-        Ray, torch) overlaps the preparation. Spares start once training has: on a small
-        machine they would slow the start of the workers training waits for. Returns
-        the group."""
+        """Start the worker actors, spares included, before the data is prepared: their
+        start (a process, Ray, torch) overlaps the preparation, and the spares are warm
+        when the first attempt starts. Returns the group."""
         from orchestrator.execution.elastic.group import RayWorkerGroup
 
         group = RayWorkerGroup(spec, str(run_dir), resources.ray_resources(),
                                resources.threads_per_worker, reserved_cpus=CPUS_KEPT_FOR_DATA)
-        group.spawn_up_to(spec.scaling.max_workers)
+        group.spawn_up_to(spec.scaling.max_workers + _early_spares(spec, resources))
         return group
 
     def run(self, spec: JobSpec, run_dir: Path, data_ref: Any, resources: WorkerResources,
@@ -44,10 +43,11 @@ class ElasticBackend:
             ScalingPolicy(scaling.min_workers, scaling.max_workers, lambda n: batch_fits(spec, n)),
             spares=scaling.spares,
             timings=Timings(replace_timeout_s=spec.failure.replace_timeout_s),
+            early_spares=_early_spares(spec, resources),
         )
         if before_training is not None:
             warm = WarmWorkers(group, scaling.max_workers, lambda ready: controller.scaling.best(ready, None),
-                               controller.timings.startup_timeout_s)
+                               controller.timings.startup_timeout_s, spares=controller.early_spares)
             try:
                 before_training(warm)
             except BaseException:
@@ -57,3 +57,11 @@ class ElasticBackend:
         if state == State.ERRORED:
             raise TrainingError(controller.error or "the elastic controller gave up")
         return state.value
+
+
+def _early_spares(spec: JobSpec, resources: WorkerResources) -> int:
+    """The spares started with the workers. Workers that share cores (a fraction of a CPU
+    each: a small machine) start their spares once the first attempt runs instead: a
+    spare importing torch beside them slowed the start of the workers the attempt waits
+    for (benchmarks/results/startup.md)."""
+    return spec.scaling.spares if resources.cpus_per_worker >= 1 else 0

@@ -68,12 +68,14 @@ class Timings:
 class ElasticController:
     def __init__(self, group: WorkerGroup, run_dir: Path, failure_policy: FailurePolicy,
                  scaling_policy: ScalingPolicy, spares: int, timings: Timings = Timings(),
-                 clock=time.time) -> None:
+                 clock=time.time, early_spares: int | None = None) -> None:
         self.group = group
         self.run_dir = run_path(run_dir)
         self.failure_policy = failure_policy
         self.scaling = scaling_policy
         self.spares = spares
+        # Spares started before the first attempt runs (the rest start once it does).
+        self.early_spares = spares if early_spares is None else early_spares
         self.timings = timings
         self.clock = clock
         self.events = EventLog(self.run_dir)
@@ -119,9 +121,7 @@ class ElasticController:
         after waiting (until the deadline) for the count this attempt should have."""
         want = self.steering.wanted()
         self.steering.leave_draining_nodes()
-        # The first attempt's spares start once it runs (_watch): on a small machine
-        # they would slow the start of the workers it waits for.
-        self.group.spawn_up_to(want + (self.spares if self.attempt else 0))
+        self.group.spawn_up_to(want + (self.spares if self.attempt else self.early_spares))
         ready = self.group.refresh(wait_s=0.0)
         target = self.scaling.best(ready, self.steering.requested_workers)
         if self.wait_for is None:

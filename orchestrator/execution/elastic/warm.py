@@ -24,9 +24,10 @@ class WarmWorkers:
     """Runs trimmed jobs on `group`'s ready workers, alone or together."""
 
     def __init__(self, group: RayWorkerGroup, want: int, best: Callable[[int], int | None],
-                 startup_timeout_s: float, poll_interval_s: float = 0.25) -> None:
+                 startup_timeout_s: float, poll_interval_s: float = 0.25, spares: int = 0) -> None:
         self.group = group
-        self.want = want  # the workers training starts with (spares start once it has)
+        self.want = want  # the workers training starts with
+        self.spares = spares  # started with them, not waited for
         self.best = best  # ready workers -> the world size training would start with
         self.startup_timeout_s = startup_timeout_s
         self.poll_interval_s = poll_interval_s
@@ -39,12 +40,12 @@ class WarmWorkers:
             ResourceError: too few workers came for any size the job allows.
         """
         deadline = time.monotonic() + self.startup_timeout_s
-        self.group.spawn_up_to(self.want)
+        self.group.spawn_up_to(self.want + self.spares)
         # As the controller does: workers starting are waited for, capacity not there
         # yet (an autoscaler's nodes) only until the job's minimum is ready.
         while (self.group.refresh(wait_s=self.poll_interval_s) < self.want and time.monotonic() < deadline
                and (self.group.starting_count() or self.best(self.group.ready_count()) is None)):
-            self.group.spawn_up_to(self.want)
+            self.group.spawn_up_to(self.want + self.spares)
         size = self.best(self.group.ready_count())
         if size is None:
             raise ResourceError(f"only {self.group.ready_count()} workers could be started for the launch check")
