@@ -152,6 +152,21 @@ def test_malformed_requests_are_set_aside_and_the_run_finishes_bitwise(long_unin
     assert_bitwise_equal(final_weights(tmp_path), final_weights(long_uninterrupted))
 
 
+def launch_one_worker_per_node(cluster, run_dir: Path, steps: int, checkpoint_every: int) -> subprocess.Popen:
+    """`launch` on `cluster`, 1 to 2 workers of one `trainer` slot each, no spare,
+    every sample's use recorded; plain SGD keeps the fp32 rounding differences of
+    another accumulation split from compounding over hundreds of steps."""
+    overrides = [f"train.steps={steps}", "optimizer.momentum=0", "optimizer.lr=0.02",
+                 f"checkpoint.every_steps={checkpoint_every}", "scaling.workers=[1,2]",
+                 "scaling.spares=0", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
+                 "train.audit_samples=true"]
+    args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(run_dir),
+            "--address", cluster.address]
+    for override in overrides:
+        args += ["--set", override]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -160,19 +175,9 @@ def test_a_node_leaves_and_returns_and_every_sample_is_used_once(prepared, tmp_p
     try:
         nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
         cluster.wait_for_nodes()
-        # plain SGD keeps the fp32 rounding differences of another accumulation split
-        # from compounding over hundreds of steps
         # Long enough at one worker for a new node's worker to start on a busy machine
         # (it grows back at the first checkpoint boundary after that).
-        overrides = [f"train.steps={steps}", "optimizer.momentum=0", "optimizer.lr=0.02",
-                     "checkpoint.every_steps=5", "scaling.workers=[1,2]",
-                     "scaling.spares=0", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
-                     "train.audit_samples=true"]
-        args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(tmp_path),
-                "--address", cluster.address]
-        for override in overrides:
-            args += ["--set", override]
-        driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        driver = launch_one_worker_per_node(cluster, tmp_path, steps, checkpoint_every=5)
         wait_for_step(tmp_path, 12, driver)
         cluster.remove_node(nodes[1])
         removed_at = time.time()
@@ -253,15 +258,7 @@ def test_a_preemption_notice_checkpoints_and_moves_off_before_the_deadline(prepa
     try:
         nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
         cluster.wait_for_nodes()
-        overrides = [f"train.steps={steps}", "optimizer.momentum=0", "optimizer.lr=0.02",
-                     "checkpoint.every_steps=100", "scaling.workers=[1,2]",
-                     "scaling.spares=0", "scaling.cpus_per_worker=1", "scaling.worker_resources={trainer: 1}",
-                     "train.audit_samples=true"]
-        args = [sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir", str(tmp_path),
-                "--address", cluster.address]
-        for override in overrides:
-            args += ["--set", override]
-        driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        driver = launch_one_worker_per_node(cluster, tmp_path, steps, checkpoint_every=100)
         wait_for_step(tmp_path, 12, driver)
         drained_at = time.time()
         drain = subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address,

@@ -121,7 +121,8 @@ class ElasticController:
         after waiting (until the deadline) for the count this attempt should have."""
         want = self.steering.wanted()
         self.steering.leave_draining_nodes()
-        self.group.spawn_up_to(want + (self.spares if self.attempt else self.early_spares))
+        asked = want + (self.spares if self.attempt else self.early_spares)
+        self.group.spawn_up_to(asked)
         ready = self.group.refresh(wait_s=0.0)
         target = self.scaling.best(ready, self.steering.requested_workers)
         if self.wait_for is None:
@@ -141,7 +142,7 @@ class ElasticController:
                 return State.ERRORED
             self.waiting = (f"for {self.wait_for - ready} more workers ({starting} starting)" if target
                             else f"for scaling.workers' minimum of {self.scaling.min_workers}: {ready} ready, "
-                                 f"{starting} starting, capacity for {want + self.spares} asked of the cluster")
+                                 f"{starting} starting, capacity for {asked} asked of the cluster")
             self.group.refresh(wait_s=self.timings.poll_interval_s)
             return State.SCHEDULING
         self.wait_for = self.waiting = None

@@ -8,7 +8,6 @@ the group, without waiting for the cluster to notice the node is gone.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import ray
 from orchestrator.execution.elastic.demand import CapacityDemand
 from orchestrator.compat.ray import available_per_node
 from orchestrator.execution.elastic.drains import LeavesDrainingNodes
-from orchestrator.execution.elastic.placement import by_node, choose_nodes, free_slots_per_node
+from orchestrator.execution.elastic.placement import by_node, choose_nodes, free_slots_per_node, slots_in
 from orchestrator.execution.elastic.worker import TrainWorker
 from orchestrator.execution.failures import HANG, TIMEOUT, FailureReport, diagnose, read_ray_error
 
@@ -207,13 +206,11 @@ def start_worker(spec, run_dir: str, threads: int, resources: dict[str, float], 
 
 
 def free_slots(resources: dict[str, float], reserved_cpus: float) -> int:
-    """How many more workers of `resources` the cluster has room for now."""
-    available = ray.available_resources()
-    slots = math.inf
-    for name, need in resources.items():
-        have = available.get(name, 0.0) - (reserved_cpus if name == "CPU" else 0.0)
-        slots = min(slots, math.floor(have / need + 1e-9) if need else math.inf)
-    return max(0, int(slots)) if slots != math.inf else 0
+    """How many more workers of `resources` the cluster has room for now, keeping
+    `reserved_cpus` free (for Ray Data)."""
+    available = dict(ray.available_resources())
+    available["CPU"] = available.get("CPU", 0.0) - reserved_cpus
+    return slots_in(available, resources)
 
 
 def _failed_ranks(futures: list[Any], done: list[Any]) -> dict[int, ray.exceptions.RayError]:

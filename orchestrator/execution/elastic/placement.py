@@ -40,11 +40,13 @@ def choose_nodes(free: dict[str, int], ours: Counter, count: int, policy: str) -
 
 def free_slots_per_node(available: dict[str, dict[str, float]], resources: dict[str, float]) -> dict[str, int]:
     """How many workers of `resources` each node has room for."""
-    slots = {}
-    for node, have in available.items():
-        fits = [math.floor(have.get(name, 0.0) / need + 1e-9) for name, need in resources.items() if need]
-        slots[node] = max(0, min(fits)) if fits else 0
-    return slots
+    return {node: slots_in(have, resources) for node, have in available.items()}
+
+
+def slots_in(have: dict[str, float], resources: dict[str, float]) -> int:
+    """How many workers of `resources` fit in `have` (0 when they need nothing countable)."""
+    fits = [math.floor(have.get(name, 0.0) / need + 1e-9) for name, need in resources.items() if need]
+    return max(0, min(fits)) if fits else 0
 
 
 def by_node(members: Iterable[Member], node_of) -> list[Member]:

@@ -129,10 +129,10 @@ class Steering:
             self._direct(Directive.RESIZE, reason=decision.reason)
 
     def _maybe_grow(self, world_size: int) -> None:
-        want = self.wanted()
-        if world_size >= want:
+        """Resize at the next boundary when more workers are ready than the attempt has
+        (the controller starts them: ElasticController._watch)."""
+        if world_size >= self.wanted():
             return
-        self.group.spawn_up_to(want + self.spares)
         ready = self.group.refresh(wait_s=0.0)
         decision = self.scaling.decide(world_size, ready, self.requested_workers)
         if isinstance(decision, Resize) and decision.workers > world_size:
