@@ -84,6 +84,9 @@ class Strategy:
     # schedule interleaves them). Pipelined strategies say otherwise.
     computes_loss = True
     forward_precedes_backward = True
+    # Whether every rank holds the whole model and optimizer state (data parallelism
+    # alone). A checkpoint then takes a share of it from each rank (snapshot).
+    state_replicated = False
 
     # ---- setup ------------------------------------------------------------------------
     def configure_steps(self, shape: StepShape) -> None:
@@ -172,7 +175,8 @@ class Strategy:
         rank). With `copy` it is copied into host memory first: the write may then run
         while training goes on."""
         copier = host_copier(next(self.model.parameters()).device) if copy else None
-        return snapshot_distributed(self.model, self.optimizer, self.scheduler, directory, copier)
+        share = (self.dp_rank, self.dp_size) if self.state_replicated and self.dp_size > 1 else None
+        return snapshot_distributed(self.model, self.optimizer, self.scheduler, directory, copier, share)
 
     def load(self, directory: Path) -> None:
         load_distributed(self.model, self.optimizer, self.scheduler, directory)
@@ -222,19 +226,42 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
 
 
 def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                         directory: Path, copier) -> StateWriter:
+                         directory: Path, copier, share: tuple[int, int] | None = None) -> StateWriter:
     """Model and optimizer state for torch.distributed.checkpoint, which stores each
     shard once and lets another layout or world size load it; copied by `copier` into
     host memory first when given (dcp's own stager: tensors, DTensor shards and the
-    schedule's plain values, into buffers it reuses from one save to the next)."""
+    schedule's plain values, into buffers it reuses from one save to the next).
+    `share` (rank, ranks): the state is whole on each of `ranks` ranks, and this one
+    takes only its share of the tensors (replicated_share)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
+    if share is not None:
+        model_state, optim_state = replicated_share(model_state, optim_state, *share)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     if copier is not None:
         state = copier.stage(state)
     return lambda group=None: dcp.save(state, checkpoint_id=str(directory), process_group=group)
+
+
+def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int) -> tuple[dict, dict]:
+    """This rank's share of a state every one of `ranks` ranks holds whole: its tensors
+    dealt by size to the least loaded rank (the same deal on every rank), the plain
+    values kept by all. Each rank then copies and writes about 1/ranks of the state
+    instead of copying all of it for dcp to write each tensor once anyway. dcp's
+    metadata is the union of what the ranks wrote, so any layout loads it whole."""
+    tensors = [(key, name, value) for key, part in (("model", model_state), ("optim", optim_state))
+               for name, value in part.items() if isinstance(value, torch.Tensor)]
+    tensors.sort(key=lambda item: (-item[2].numel() * item[2].element_size(), item[0], item[1]))
+    load, others = [0] * ranks, set()
+    for key, name, value in tensors:
+        owner = min(range(ranks), key=lambda r: (load[r], r))
+        load[owner] += value.numel() * value.element_size()
+        if owner != rank:
+            others.add((key, name))
+    return ({n: v for n, v in model_state.items() if ("model", n) not in others},
+            {n: v for n, v in optim_state.items() if ("optim", n) not in others})
 
 
 @functools.cache

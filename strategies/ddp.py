@@ -24,6 +24,8 @@ class DDPOptions(StrategyOptions):
 
 
 class DDPStrategy(Strategy):
+    state_replicated = True
+
     def __init__(self, options: DDPOptions, dims: ParallelDims) -> None:
         super().__init__(dims)
         self.options = options

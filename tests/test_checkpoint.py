@@ -203,3 +203,34 @@ def test_background_and_in_line_saves_write_the_same_checkpoints(prepared, unint
     saves = [e for e in map(json.loads, (uninterrupted / "events.jsonl").read_text().splitlines())
              if e["event"] == "checkpoint"]
     assert [e["path"] for e in saves] == names and all(e["save_s"] >= 0 for e in saves)
+
+
+def test_data_parallel_ranks_each_copy_a_share_of_the_state_they_all_hold():
+    """A replicated state is dealt by size: each rank copies about half, every tensor is
+    taken by exactly one rank, and the plain values (param-group numbers) by both."""
+    import torch
+    from torch import nn
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from strategies.base import replicated_share, state_dict_options
+
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32), nn.Linear(32, 10))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 64)).sum().backward()
+    optimizer.step()
+    model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
+    shares = [replicated_share(model_state, optim_state, rank, 2) for rank in (0, 1)]
+
+    def tensor_bytes(state):
+        return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+
+    for whole, part in ((model_state, 0), (optim_state, 1)):
+        keys = [set(k for k, v in share[part].items() if isinstance(v, torch.Tensor)) for share in shares]
+        assert not keys[0] & keys[1]
+        assert keys[0] | keys[1] == {k for k, v in whole.items() if isinstance(v, torch.Tensor)}
+        plain = {k for k, v in whole.items() if not isinstance(v, torch.Tensor)}
+        assert all(plain <= share[part].keys() for share in shares)
+    total = tensor_bytes(model_state) + tensor_bytes(optim_state)
+    largest = 64 * 128 * 4
+    mine = [tensor_bytes(a) + tensor_bytes(b) for a, b in shares]
+    assert abs(mine[0] - mine[1]) <= largest and sum(mine) == total

@@ -73,7 +73,8 @@ class RayWorkerGroup(LeavesDrainingNodes):
             ours = Counter(m.node_id for m in self.members + self.pending)
             free = free_slots_per_node(available_per_node(), self.resources)
             for node in choose_nodes(free, ours, min(missing, slots), self.spec.scaling.placement):
-                self.pending.append(start_worker(self.spec, self.run_dir, self.threads, self.resources, node))
+                self.pending.append(start_worker(self.spec, self.run_dir, self.threads, self.resources, node,
+                                                 beside_training=bool(self.futures)))
         if missing > 0:
             log.info("workers: %d ready, %d starting, %d missing, %d free slots",
                      len(self.members), len(self.pending), missing, slots)
@@ -191,9 +192,11 @@ class RayWorkerGroup(LeavesDrainingNodes):
         self.members, self.pending, self.active, self.futures = [], [], [], []
 
 
-def start_worker(spec, run_dir: str, threads: int, resources: dict[str, float], node: str | None) -> Member:
+def start_worker(spec, run_dir: str, threads: int, resources: dict[str, float], node: str | None,
+                 beside_training: bool = False) -> Member:
     """A worker actor on `node` if it has room when Ray places it (soft affinity), else
-    wherever `scaling.placement` has Ray put it."""
+    wherever `scaling.placement` has Ray put it; `beside_training`: an attempt runs (and
+    has not failed), so the worker warms up at idle priority (TrainWorker)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     resources = dict(resources)
@@ -201,7 +204,7 @@ def start_worker(spec, run_dir: str, threads: int, resources: dict[str, float], 
              else "SPREAD" if spec.scaling.placement == "spread" else "DEFAULT")
     options = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0),
                "resources": resources or None, "scheduling_strategy": where}
-    actor = TrainWorker.options(**options).remote(spec, run_dir, threads, bool(options["num_gpus"]))
+    actor = TrainWorker.options(**options).remote(spec, run_dir, threads, bool(options["num_gpus"]), beside_training)
     return Member(actor=actor, node_id=node, ready_ref=actor.ready.remote())  # node: the one meant, until ready
 
 

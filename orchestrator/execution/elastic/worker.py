@@ -20,11 +20,32 @@ import ray
 
 from orchestrator.execution.failures import AttemptFailed, code_frames, report_exception
 from orchestrator.run.storage import run_path
+from orchestrator.training.background_save import run_when_idle
+
+
+def import_training(at_idle_priority: bool) -> None:
+    """Import what an attempt runs (torch, the loop) while the worker starts, not in its
+    first attempt. A worker started beside a running attempt (a spare, a replacement of
+    one) imports on a thread at idle CPU priority: where ranks share cores it takes only
+    what training leaves, instead of slowing every rank's steps for seconds."""
+    def load() -> None:
+        if at_idle_priority:
+            run_when_idle()
+        import torch.distributed  # noqa: F401
+        import orchestrator.training.loop  # noqa: F401
+
+    if not at_idle_priority:
+        load()
+        return
+    thread = threading.Thread(target=load, name="imports-at-idle-priority")
+    thread.start()
+    thread.join()
 
 
 @ray.remote(max_restarts=0, max_concurrency=2)
 class TrainWorker:
-    def __init__(self, spec, run_dir: str, threads: int, use_gpu: bool) -> None:
+    def __init__(self, spec, run_dir: str, threads: int, use_gpu: bool, beside_training: bool = False) -> None:
+        import_training(at_idle_priority=beside_training)
         import torch
 
         from orchestrator.training.context import configure_runtime
