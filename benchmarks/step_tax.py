@@ -7,13 +7,14 @@ thread each. Repeats alternate the three (each repeat starts with the next one),
 every number is the median over the repeats.
 
 - step time: the median interval between consecutive steps' ends, after the first
-  WARMUP steps and without the last (which validates and checkpoints). Measured from
+  --warmup steps (default 10) and without the last (which validates and checkpoints). Measured from
   the wall-clock time each loop records when a step is done, so whatever a loop does
   between steps (records, control, collectives of its own) is in it.
 - launch to first step: from starting the command to the end of step 1.
 
     python benchmarks/step_tax.py                           # batches 256 and 2048, 3 repeats
     python benchmarks/step_tax.py --batches 256 --repeats 1 --steps 60   # a quick look
+    python benchmarks/step_tax.py --steps 400 --warmup 150   # past the spare's start
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
 RESULTS = ROOT / "benchmarks" / "results" / "step_tax.md"
-WARMUP = 10
 WORKERS = 2
 RUNNERS = ("orchestrator", "torchrun", "ray_train")
 
@@ -76,7 +76,7 @@ def step_ends(runner: str, work: Path) -> list[float]:
     return json.loads((work / "peer.json").read_text())["step_ends"]
 
 
-def measure(runner: str, steps: int, global_batch: int) -> dict:
+def measure(runner: str, steps: int, global_batch: int, warmup: int = 10) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"tax-{runner}-") as scratch:
         work = Path(scratch)
         started = time.time()
@@ -85,7 +85,7 @@ def measure(runner: str, steps: int, global_batch: int) -> dict:
         if result.returncode != 0:
             raise RuntimeError(f"{runner} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         ends = step_ends(runner, work)
-    intervals = [b - a for a, b in zip(ends, ends[1:])][WARMUP:-1]
+    intervals = [b - a for a, b in zip(ends, ends[1:])][warmup:-1]
     return {"step_ms": 1000 * statistics.median(intervals), "first_step_s": ends[0] - started}
 
 
@@ -93,7 +93,8 @@ def render(args, table: dict) -> str:
     lines = [
         "# Per-step time and start-up against hand-written loops",
         "",
-        f"DDP, MLP 256-1024-1024-10, AdamW, {WORKERS} workers of one thread, {args.steps} steps; "
+        f"DDP, MLP 256-1024-1024-10, AdamW, {WORKERS} workers of one thread, {args.steps} steps, "
+        f"timed after the first {args.warmup}; "
         f"median of {args.repeats} alternating repeats (each repeat's value in brackets). "
         f"Machine: {os.cpu_count()} cores.",
         "",
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batches", default="256,2048")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out at the start")
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -130,7 +132,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = runners[repeat % len(runners):] + runners[:repeat % len(runners)]
             for runner in order:
-                numbers = measure(runner, args.steps, batch)
+                numbers = measure(runner, args.steps, batch, args.warmup)
                 table[batch][runner].append(numbers)
                 print(json.dumps({"batch": batch, "repeat": repeat, "runner": runner, **numbers}), flush=True)
     if set(runners) == set(RUNNERS):
