@@ -253,11 +253,11 @@ def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int
     metadata is the union of what the ranks wrote, so any layout loads it whole."""
     tensors = [(key, name, value) for key, part in (("model", model_state), ("optim", optim_state))
                for name, value in part.items() if isinstance(value, torch.Tensor)]
-    tensors.sort(key=lambda item: (-item[2].numel() * item[2].element_size(), item[0], item[1]))
+    tensors.sort(key=lambda item: (-_local_bytes(item[2]), item[0], item[1]))
     load, others = [0] * ranks, set()
     for key, name, value in tensors:
         owner = min(range(ranks), key=lambda r: (load[r], r))
-        load[owner] += value.numel() * value.element_size()
+        load[owner] += _local_bytes(value)
         if owner != rank:
             others.add((key, name))
     return ({n: v for n, v in model_state.items() if ("model", n) not in others},
