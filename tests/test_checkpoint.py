@@ -131,7 +131,9 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str):
         return lambda group=None: (held.wait(60), write(group))
 
     manager.start_save(TrainerState(1, world_size, world_size, 0), snapshot)
-    at_save = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+    # As arrays: a tensor would cross the result queue as a shared-memory handle, which its
+    # reader cannot open once this process has exited (a race seen in CI).
+    at_save = {n: p.detach().clone().numpy() for n, p in strategy.model.named_parameters()}
     with torch.no_grad():
         for parameter in strategy.model.parameters():
             parameter.add_(1.0)  # what the next optimizer step would do, before the write
@@ -154,8 +156,8 @@ def test_a_background_checkpoint_holds_the_state_of_its_step(prepared, tmp_path)
     assert checkpoint.name == "step_00000001" and verify(checkpoint) is None
     dcp_to_torch_save(checkpoint / "state", tmp_path / "state.pt")
     saved = torch.load(tmp_path / "state.pt", weights_only=True)["model"]
-    for name, tensor in results[0]["at_save"].items():
-        key = name.removeprefix("module.")
+    for name, array in results[0]["at_save"].items():
+        key, tensor = name.removeprefix("module."), torch.from_numpy(array)
         assert torch.equal(saved[key], tensor), key
         assert not torch.equal(saved[key], tensor + 1.0)
 
