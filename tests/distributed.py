@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_module
 import socket
 import time
@@ -42,7 +43,9 @@ def _entry(fn, rank, world_size, port, queue, args):
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        queue.put((rank, "ok", fn(rank, world_size, *args)))
+        # Pickled here with the plain pickler: the queue's own would send tensors as
+        # shared-memory handles, which the parent cannot open once this rank has exited.
+        queue.put((rank, "ok", pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:  # report every failure to the parent, which raises it
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -77,7 +80,7 @@ def run_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[A
                 continue
             if status == "error":
                 raise RuntimeError(_failures(rank, value, queue))
-            results[rank] = value
+            results[rank] = pickle.loads(value)
     finally:
         for process in processes:
             process.join(timeout=0 if results.keys() != set(range(world_size)) else 10)
