@@ -1,8 +1,10 @@
 """How long training stalls for a checkpoint: background saves against in-line ones.
 
-One DDP job, `orchestrator launch` on the embedded Ray, twice per repeat: with
-`checkpoint.async_save: true` (the state copied to host memory at the step and written
-in the background) and `false` (written before the next step). MLP
+One DDP job, `orchestrator launch` on the embedded Ray, three times per repeat: with
+`checkpoint.async_save: true` and `writer: process` (each rank's state copied into
+shared memory while the next step computes, and written by a process of the rank's
+own), with `writer: thread` (copied at the step, written by a thread of the training
+process), and with `async_save: false` (written before the next step). MLP
 1024-2048-2048-1024-10 (8.4M parameters), AdamW: 100.7 MB of training state
 (parameters and both moments); global batch 256 (or --batch), a checkpoint every 20 steps; at 2
 workers of one thread (every core of a 2-core machine trains) and at 1 (a core left
@@ -39,7 +41,12 @@ WARMUP = 5
 AFTER = 3
 EVERY = 20
 FEATURES, HIDDEN, CLASSES = 1024, [2048, 2048, 1024], 10
-MODES = {"background": True, "in line": False}
+# checkpoint: settings of each mode
+MODES = {
+    "process writer": {"async_save": True, "writer": "process"},
+    "thread writer": {"async_save": True, "writer": "thread"},
+    "in line": {"async_save": False},
+}
 
 
 def state_megabytes() -> float:
@@ -48,7 +55,7 @@ def state_megabytes() -> float:
     return 3 * 4 * parameters / 1e6  # fp32 weights and AdamW's two moments
 
 
-def job_yaml(steps: int, background: bool, workers: int, batch: int) -> str:
+def job_yaml(steps: int, mode: dict, workers: int, batch: int) -> str:
     return json.dumps({
         "name": "checkpoint-stall",
         "model": {"name": "mlp", "options": {"hidden": HIDDEN}},
@@ -58,14 +65,14 @@ def job_yaml(steps: int, background: bool, workers: int, batch: int) -> str:
         "train": {"steps": steps, "seed": 0, "global_batch_size": batch, "micro_batch_size": batch // workers},
         "strategy": {"name": "ddp"},
         "scaling": {"workers": workers},
-        "checkpoint": {"every_steps": EVERY, "keep": 2, "async_save": background},
+        "checkpoint": {"every_steps": EVERY, "keep": 2, **mode},
     })  # JSON is YAML
 
 
-def measure(steps: int, background: bool, workers: int, batch: int) -> dict:
+def measure(steps: int, mode: dict, workers: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="stall-") as scratch:
         work = Path(scratch)
-        (work / "job.yaml").write_text(job_yaml(steps, background, workers, batch))
+        (work / "job.yaml").write_text(job_yaml(steps, mode, workers, batch))
         command = [sys.executable, "-m", "orchestrator.cli", "launch", str(work / "job.yaml"),
                    "--run-dir", str(work / "run")]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,

@@ -6,7 +6,10 @@ never in `if strategy == ...` branches of the loop or the controller.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
+from concurrent.futures import Future
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -22,13 +25,25 @@ from strategies.mesh import ParallelDims
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Writes a snapshot of the training state; its argument is the process group for the
-# write's own collectives (None: every rank's default group).
-StateWriter = Callable[..., None]
+# Writes a state dict with torch.distributed.checkpoint into a folder: dcp.save here, or
+# in a writer process (orchestrator/training/checkpoint_process.py). The checkpoint's owner
+# passes it to the StateWriter that `Strategy.snapshot` returns.
+SaveState = Callable[[dict, Path], None]
+StateWriter = Callable[[SaveState], None]
 
 
-def nothing_to_write(group=None) -> None:
+def nothing_to_write(save: SaveState | None = None) -> None:
     """The StateWriter of a state already written in line."""
+
+
+class Copy(enum.Enum):
+    """How `Strategy.snapshot` takes the state it hands to its StateWriter."""
+
+    NONE = "none"  # not copied: the writer runs before the state next changes
+    NOW = "now"  # copied into host memory before snapshot returns
+    # Copied into shared host memory on a thread while training goes on (a writer process
+    # maps it); the strategy waits for the copy before it next changes its state.
+    SHARED = "shared"
 
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified
 # name ("state.layers.3.fc.weight.exp_avg", "param_groups.layers.3.fc.weight.lr"), not as
@@ -69,6 +84,7 @@ class Strategy:
         self.step_shape: StepShape | None = None
         self.block_compute = BlockCompute()
         self._grad_bytes_at_step = 0
+        self._copying: Future | None = None  # a checkpoint's copy of the state, being made
 
     # ---- layout -------------------------------------------------------------------
     @property
@@ -79,13 +95,11 @@ class Strategy:
     def dp_size(self) -> int:
         return self.dims.dp
 
-    # Whether this rank sees the model's output (all but early pipeline stages), and whether
-    # a micro-batch's forward ends, with its loss, before its backward starts (a pipeline
-    # schedule interleaves them). Pipelined strategies say otherwise.
+    # Whether this rank sees the model's output (not early pipeline stages), and whether a
+    # micro-batch's forward ends, with its loss, before its backward (pipelines interleave).
     computes_loss = True
     forward_precedes_backward = True
-    # Whether every rank holds the whole model and optimizer state (data parallelism
-    # alone). A checkpoint then takes a share of it from each rank (snapshot).
+    # Whether every rank holds the whole state (data parallelism alone): snapshot takes a share.
     state_replicated = False
 
     # ---- setup ------------------------------------------------------------------------
@@ -118,16 +132,13 @@ class Strategy:
     def parallelize(self, model: nn.Module, device: torch.device) -> nn.Module:
         """Move `model` to `device` and wrap or shard it as this strategy trains it; return
         the module to train (its parameters are what the optimizer steps)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement parallelize(model, device), or override setup "
-            "when its engine builds the optimizer too"
-        )
+        raise NotImplementedError(f"{type(self).__name__} must implement parallelize(model, device), "
+                                  "or override setup when its engine builds the optimizer too")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        device_type = next(self.model.parameters()).device.type
-        return torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=next(self.model.parameters()).device.type, dtype=self.autocast_dtype)
 
     # ---- one optimizer step --------------------------------------------------------
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
@@ -147,6 +158,7 @@ class Strategy:
     def step(self, max_grad_norm: float | None) -> float | None:
         """Clip, apply and clear the gradients, advance the schedule; return the
         gradient norm before clipping when clipping is on."""
+        self.wait_for_copy()
         grad_norm = None
         if max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
@@ -154,7 +166,7 @@ class Strategy:
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
         # Gradients are at their fullest here, just before they are released.
-        self._grad_bytes_at_step = self._gradient_bytes()
+        self._grad_bytes_at_step = gradient_bytes(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return grad_norm
@@ -170,13 +182,20 @@ class Strategy:
             self.model.train()
 
     # ---- state ------------------------------------------------------------------------
-    def snapshot(self, directory: Path, copy: bool) -> StateWriter:
+    def snapshot(self, directory: Path, copy: Copy) -> StateWriter:
         """The state as it is now, and the function that writes it into `directory` (every
-        rank). With `copy` it is copied into host memory first: the write may then run
-        while training goes on."""
-        copier = host_copier(next(self.model.parameters()).device) if copy else None
+        rank). Copied (`copy`), the write may run while training goes on."""
+        self.wait_for_copy()
         share = (self.dp_rank, self.dp_size) if self.state_replicated and self.dp_size > 1 else None
-        return snapshot_distributed(self.model, self.optimizer, self.scheduler, directory, copier, share)
+        write, self._copying = snapshot_distributed(self.model, self.optimizer, self.scheduler,
+                                                    directory, copy, share)
+        return write
+
+    def wait_for_copy(self) -> None:
+        """Before the state changes in place: wait for a checkpoint's copy still being made."""
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            copying.result()
 
     def load(self, directory: Path) -> None:
         load_distributed(self.model, self.optimizer, self.scheduler, directory)
@@ -199,8 +218,10 @@ class Strategy:
             "optimizer": sum(_local_bytes(v) for v in optimizer_state_tensors(self.optimizer)),
         }
 
-    def _gradient_bytes(self) -> int:
-        return sum(_local_bytes(p.grad) for p in self.model.parameters() if p.grad is not None)
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of the gradients `model`'s parameters hold on this rank now."""
+    return sum(_local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
 
 
 def gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,23 +247,53 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
 
 
 def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                         directory: Path, copier, share: tuple[int, int] | None = None) -> StateWriter:
+                         directory: Path, copy: Copy, share: tuple[int, int] | None = None
+                         ) -> tuple[StateWriter, Future | None]:
     """Model and optimizer state for torch.distributed.checkpoint, which stores each
-    shard once and lets another layout or world size load it; copied by `copier` into
-    host memory first when given (dcp's own stager: tensors, DTensor shards and the
-    schedule's plain values, into buffers it reuses from one save to the next).
+    shard once and lets another layout or world size load it; copied into host memory
+    as `copy` says (by dcp's own stager: tensors, DTensor shards and the schedule's
+    plain values, into buffers it reuses from one save to the next).
     `share` (rank, ranks): the state is whole on each of `ranks` ranks, and this one
-    takes only its share of the tensors (replicated_share)."""
-    import torch.distributed.checkpoint as dcp
+    takes only its share of the tensors (replicated_share).
+    Returns the writer and, when the copy is made in the background, its future."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
     if share is not None:
         model_state, optim_state = replicated_share(model_state, optim_state, *share)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
-    if copier is not None:
-        state = copier.stage(state)
-    return lambda group=None: dcp.save(state, checkpoint_id=str(directory), process_group=group)
+    if copy is Copy.NONE:
+        return (lambda save: save(state, directory)), None
+    copier = host_copier(next(model.parameters()).device, shared=copy is Copy.SHARED)
+    staged = copier.stage(apart_from_training(state, model))
+    if not isinstance(staged, Future):
+        return (lambda save: save(staged, directory)), None
+    return (lambda save: save(staged.result(), directory)), staged
+
+
+def apart_from_training(state: dict, model: nn.Module) -> dict:
+    """`state` in containers of its own, its plain values copied, and copies of the model
+    tensors that are not parameters (buffers: batch norm's running statistics change in
+    the forward pass). A copy made on another thread while training goes on then reads
+    only tensors that change in the optimizer step, which waits for that copy."""
+    parameters = {_storage_of(p) for p in model.parameters()}
+
+    def apart(value, buffers_too: bool = False):
+        if isinstance(value, dict):
+            return {k: apart(v, buffers_too) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(apart(v, buffers_too) for v in value)
+        if isinstance(value, torch.Tensor):
+            is_buffer = buffers_too and _storage_of(value) not in parameters
+            return value.detach().clone() if is_buffer else value
+        return deepcopy(value)
+
+    return {key: apart(part, buffers_too=key == "model") for key, part in state.items()}
+
+
+def _storage_of(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.untyped_storage().data_ptr()
 
 
 def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int) -> tuple[dict, dict]:
@@ -265,14 +316,16 @@ def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int
 
 
 @functools.cache
-def host_copier(device: torch.device):
+def host_copier(device: torch.device, shared: bool = False):
     """Copies state to host memory, into buffers it keeps from one save to the next:
-    pinned, with copies the device is synchronised on once, for an accelerator."""
+    pinned, with copies the device is synchronised on once, for an accelerator.
+    `shared`: into shared memory (another process can map it), on a thread of its own,
+    the copy's future returned at once."""
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
     on_device = device.type != "cpu"
-    return DefaultStager(StagingOptions(use_pinned_memory=on_device, use_shared_memory=False,
-                                        use_async_staging=False, use_non_blocking_copy=on_device))
+    return DefaultStager(StagingOptions(use_pinned_memory=on_device, use_shared_memory=shared,
+                                        use_async_staging=shared, use_non_blocking_copy=on_device))
 
 
 def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:

@@ -215,6 +215,7 @@ class ModelParallelStrategy(Strategy):
         return loss * (self._loss_scale / self.config.microbatches)
 
     def step(self, max_grad_norm: float | None) -> float | None:
+        self.wait_for_copy()
         grad_norm = None
         if max_grad_norm:
             group = self.pipeline.group if self.pipeline is not None else None

@@ -40,6 +40,7 @@ from pydantic import Field
 from torch import nn
 
 from strategies.base import (
+    Copy,
     OptimizerFactory,
     SchedulerFactory,
     StateWriter,
@@ -210,7 +211,7 @@ class ZeROStrategy(Strategy):
         return float(self.engine.get_global_grad_norm())
 
     # ---- state ------------------------------------------------------------------------
-    def snapshot(self, directory: Path, copy: bool) -> StateWriter:
+    def snapshot(self, directory: Path, copy: Copy) -> StateWriter:
         # DeepSpeed writes its own files (its partitioned optimizer state among them) here
         # and now, on the training thread; only the publication can run in the background.
         save_checkpoint(self.engine, directory)

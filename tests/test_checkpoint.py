@@ -6,15 +6,17 @@ Exercised by: pytest tests/test_checkpoint.py
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.training.checkpoint import CheckpointManager, TrainerState, verify
 from tests.distributed import (
-    assert_bitwise_equal, final_weights, make_spec, read_metrics, run_processes, train_in_processes,
-    train_with_restarts,
+    WorkerKilled, assert_bitwise_equal, final_weights, make_spec, read_metrics, run_processes,
+    train_in_processes, train_with_restarts,
 )
 from tests.jobs import MLP_JOB
 
@@ -109,7 +111,7 @@ def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, 
 
 
 # ---- background saves -------------------------------------------------------------------------
-def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str):
+def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, writer: str):
     """Take one step, start a background checkpoint of it, change the weights before the
     write can run, and return this rank's weights as they were at the checkpoint's step."""
     import threading
@@ -123,14 +125,16 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str):
     w = WorkerContext(spec=spec, run_dir=Path(run_dir), data=data, rank=rank,
                       world_size=world_size, device=torch.device("cpu"))
     strategy = build_strategy(w, batch_layout(spec, world_size))
-    manager = CheckpointManager(w.run_dir, keep=2, rank=rank, world_size=world_size, background=True)
+    manager = CheckpointManager(w.run_dir, keep=2, rank=rank, world_size=world_size, background=True,
+                                writer=writer)
     held = threading.Event()
 
     def snapshot(folder, copy):
         write = strategy.snapshot(folder, copy)
-        return lambda group=None: (held.wait(60), write(group))
+        return lambda save: (held.wait(60), write(save))
 
     manager.start_save(TrainerState(1, world_size, world_size, 0), snapshot)
+    strategy.wait_for_copy()  # as the next optimizer step does
     # As arrays: a tensor would cross the result queue as a shared-memory handle, which its
     # reader cannot open once this process has exited (a race seen in CI).
     at_save = {n: p.detach().clone().numpy() for n, p in strategy.model.named_parameters()}
@@ -140,17 +144,19 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str):
     unpublished = CheckpointManager.list_checkpoints(w.run_dir)
     held.set()
     written = manager.wait()
+    manager.close()
     return {"at_save": at_save, "unpublished": unpublished, "written": str(written)}
 
 
-def test_a_background_checkpoint_holds_the_state_of_its_step(prepared, tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_background_checkpoint_holds_the_state_of_its_step(writer, prepared, tmp_path):
     """The state is copied at the checkpoint's step: weights changed while the write is
     still to come do not reach it, and nothing is published before every rank wrote."""
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     spec = make_spec(JOB)
-    results = run_processes(_save_then_train_on, 2, spec, prepared(spec), str(tmp_path))
+    results = run_processes(_save_then_train_on, 2, spec, prepared(spec), str(tmp_path), writer)
     assert [r["unpublished"] for r in results] == [[], []]
     checkpoint = Path(results[0]["written"])
     assert checkpoint.name == "step_00000001" and verify(checkpoint) is None
@@ -166,7 +172,7 @@ def test_an_error_in_a_background_save_is_raised_at_the_next_wait_and_publishes_
     manager = CheckpointManager(tmp_path, keep=2, rank=0, world_size=1, background=True)
 
     def snapshot(folder, copy):
-        def write(group=None):
+        def write(save):
             raise OSError("No space left on device")
         return write
 
@@ -178,31 +184,40 @@ def test_an_error_in_a_background_save_is_raised_at_the_next_wait_and_publishes_
 
 
 def test_background_and_in_line_saves_write_the_same_checkpoints(prepared, uninterrupted, tmp_path):
-    """`checkpoint.async_save: false` writes before the next step; both runs train the same
-    losses and leave the same state in every checkpoint they keep."""
-    import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
+    """`checkpoint.async_save: false` writes before the next step; runs whose saves a
+    thread or a writer process writes meanwhile (the process from a copy made while the
+    next step computes) train the same losses and leave the same state in every
+    checkpoint they keep."""
     spec = make_spec(JOB, checkpoint__async_save=False)
     assert spec.checkpoint.async_save is False and make_spec(JOB).checkpoint.async_save is True
     in_line = train_in_processes(spec, prepared(spec), 2, tmp_path / "in_line")
-    background = read_metrics(uninterrupted)
-    assert [r["loss"] for r in in_line] == [r["loss"] for r in background]
-    names = [p.name for p in CheckpointManager.list_checkpoints(uninterrupted)]
-    assert names == [p.name for p in CheckpointManager.list_checkpoints(tmp_path / "in_line")] == [
+    by_process = make_spec(JOB, checkpoint__writer="process")
+    train_in_processes(by_process, prepared(by_process), 2, tmp_path / "process")
+    for background in (uninterrupted, tmp_path / "process"):
+        assert [r["loss"] for r in in_line] == [r["loss"] for r in read_metrics(background)]
+        _assert_same_checkpoints(background, tmp_path / "in_line", tmp_path / "converted")
+
+
+def _assert_same_checkpoints(run, other, scratch):
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    names = [p.name for p in CheckpointManager.list_checkpoints(run)]
+    assert names == [p.name for p in CheckpointManager.list_checkpoints(other)] == [
         "step_00000010", "step_00000020", "step_00000030"]
+    scratch.mkdir(exist_ok=True)
     for name in names:
         states = []
-        for run in (uninterrupted, tmp_path / "in_line"):
-            dcp_to_torch_save(run / "checkpoints" / name / "state", tmp_path / f"{name}.pt")
-            states.append(torch.load(tmp_path / f"{name}.pt", weights_only=True))
+        for folder in (run, other):
+            dcp_to_torch_save(folder / "checkpoints" / name / "state", scratch / f"{name}.pt")
+            states.append(torch.load(scratch / f"{name}.pt", weights_only=True))
         for part in ("model", "optim"):
             background_state, in_line_state = states[0][part], states[1][part]
             assert background_state.keys() == in_line_state.keys()
             for key, value in background_state.items():  # tensors, and param-group numbers
                 same = torch.equal(value, in_line_state[key]) if torch.is_tensor(value) else value == in_line_state[key]
                 assert same, f"{name}: {part} {key} differs"
-    saves = [e for e in map(json.loads, (uninterrupted / "events.jsonl").read_text().splitlines())
+    saves = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
              if e["event"] == "checkpoint"]
     assert [e["path"] for e in saves] == names and all(e["save_s"] >= 0 for e in saves)
 
@@ -236,3 +251,45 @@ def test_data_parallel_ranks_each_copy_a_share_of_the_state_they_all_hold():
     largest = 64 * 128 * 4
     mine = [tensor_bytes(a) + tensor_bytes(b) for a, b in shares]
     assert abs(mine[0] - mine[1]) <= largest and sum(mine) == total
+
+
+def _start_a_writer_then_die(rank: int, world_size: int, run_dir: str) -> None:
+    """Start a writer for a group of two whose second rank never comes, so the writer
+    waits for its peer; then die."""
+    import signal
+    import threading
+    from datetime import timedelta
+
+    import psutil
+
+    from orchestrator.training.checkpoint_process import WriterProcess
+
+    threading.Thread(target=WriterProcess, args=(None, 0, 2, timedelta(seconds=120)), daemon=True).start()
+    time.sleep(3.0)
+    writer = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+    policy = os.sched_getscheduler(writer.pid)  # of its main thread
+    Path(run_dir, "writer.json").write_text(json.dumps({"pid": writer.pid, "idle": policy == os.SCHED_IDLE}))
+    os.kill(os.getpid(), signal.SIGKILL)  # as a lost node or the OOM killer ends a worker
+
+
+def test_a_checkpoint_writer_process_runs_at_idle_priority_and_ends_with_its_rank(tmp_path):
+    """A killed worker leaves no writer behind, not even one blocked waiting for a peer
+    (each writer watches the rank that started it). While it lives, it takes only the
+    CPU that training leaves."""
+    import psutil
+
+    with pytest.raises(WorkerKilled):
+        run_processes(_start_a_writer_then_die, 1, str(tmp_path))
+    writer = json.loads((tmp_path / "writer.json").read_text())
+    assert writer["idle"]
+
+    def alive(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 15
+    while alive(writer["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(writer["pid"])

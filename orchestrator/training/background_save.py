@@ -41,6 +41,10 @@ class BackgroundSaves:
                                         name="checkpoint-save")
         self._thread.start()
 
+    def busy(self) -> bool:
+        """Whether a save is being written in the background now."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self) -> Any:
         """Wait for the save in flight; returns what it returned (None when there was none).
 

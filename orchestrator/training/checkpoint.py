@@ -40,7 +40,7 @@ from orchestrator.run.storage import ObjectPath, RunPath, remove_tree, run_path
 from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.checkpoint_write import PARTIAL, CheckpointWrites, Snapshot
 from orchestrator.training.rng_state import restore_rng
-from strategies.base import StateWriter, nothing_to_write
+from strategies.base import Copy, StateWriter, nothing_to_write
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class CheckpointManager:
     `load_latest` on every rank; rank 0 does the file bookkeeping."""
 
     def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int,
-                 background: bool = False, timeout: timedelta = timedelta(minutes=30)) -> None:
+                 background: bool = False, timeout: timedelta = timedelta(minutes=30),
+                 writer: str = "auto") -> None:
         self.run_dir = run_path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
@@ -75,29 +76,34 @@ class CheckpointManager:
         self.root.mkdir(parents=True, exist_ok=True)
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (path, manifest mtime) -> problem
         self._fetched: dict[str, Path] = {}  # remote checkpoint -> this rank's verified download
-        self.writes = CheckpointWrites(self.root, rank, background, timeout)
+        self.writes = CheckpointWrites(self.root, rank, background, timeout, writer)
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> RunPath:
         """Write a checkpoint of `state` now, the strategy's part by `save_strategy(folder)`;
         returns it once published."""
-        def snapshot(folder: Path, copy: bool) -> StateWriter:
+        def snapshot(folder: Path, copy: Copy) -> StateWriter:
             save_strategy(folder)  # written now: nothing is left for the background
             return nothing_to_write
 
         self.start_save(state, snapshot)
         return self.wait()
 
-    def start_save(self, state: TrainerState, snapshot: Snapshot) -> None:
+    def start_save(self, state: TrainerState, snapshot: Snapshot, state_bytes: int = 0) -> None:
         """Begin a checkpoint of `state` (every rank; checkpoint_write.py): `snapshot(folder,
-        copy)` takes the strategy's state as it is now. At most one save is in flight."""
+        copy)` takes the strategy's state (`state_bytes` on this rank) as it is now. At
+        most one save is in flight."""
         final = self.root / f"{PREFIX}{state.step:08d}"
-        self.writes.start(final, state.to_json(), snapshot, self._published)
+        self.writes.start(final, state.to_json(), snapshot, self._published, state_bytes)
 
     def wait(self) -> RunPath | None:
         """Wait for the save in flight: published, on rank 0; written, on the others.
         Returns its checkpoint (None when none was in flight)."""
         return self.writes.wait()
+
+    def close(self) -> None:
+        """At the end of the attempt (every rank): end what its saves started."""
+        self.writes.close()
 
     def _published(self, final: RunPath, seconds: float) -> None:
         """Rank 0, once `final` is valid: record it, then prune."""

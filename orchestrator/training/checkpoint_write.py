@@ -7,6 +7,9 @@ taken. The second half runs in the background (background_save.py): each rank wr
 its files from the copy into the checkpoint's `.partial-` folder (or, for a run on
 object storage, a local staging folder it then uploads), and rank 0 publishes the
 checkpoint (manifest last, rename into place) once every rank's files are written.
+The state's files are written by the save's thread or, for a large state, by a writer
+process of the rank's own (checkpoint_process.py), which maps a copy in shared memory
+that the rank makes while its next step computes.
 Those background writes meet in a gloo group of their own, created for the attempt,
 so their collectives never interleave with the training's.
 
@@ -27,41 +30,59 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 from orchestrator.run.storage import ObjectPath, RunPath
 from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.background_save import BackgroundSaves
-from orchestrator.training.collectives import barrier, side_group
+from orchestrator.training.checkpoint_process import WriterProcess
+from orchestrator.training.collectives import all_reduce, barrier, side_group
 from orchestrator.training.rng_state import capture_rng
-from strategies.base import StateWriter
+from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
+# Under this much state on every rank a writer thread is quick enough, and a writer
+# process (a Python with torch: seconds of CPU to start) is not worth its start.
+WRITER_PROCESS_MIN_BYTES = 64 * 2**20
+# How each writer needs the state taken: in line, nothing is copied; a thread writes
+# from a copy made at once; a process maps a copy in shared memory made meanwhile.
+COPIES = {"in_line": Copy.NONE, "thread": Copy.NOW, "process": Copy.SHARED}
 
 # (folder, copy) -> the writer of the strategy's state as it is now (Strategy.snapshot)
-Snapshot = Callable[[Path, bool], StateWriter]
+Snapshot = Callable[[Path, Copy], StateWriter]
 # Called on rank 0 once a checkpoint is valid, with how long its save took.
 Published = Callable[[RunPath, float], None]
 
 
 class CheckpointWrites:
-    """Checkpoint saves under `root`, one at a time; create on every rank together."""
+    """Checkpoint saves under `root`, one at a time; create on every rank together.
+    `writer` (a background save's): "thread", "process" (checkpoint_process.py) or
+    "auto", a process once some rank's state reaches WRITER_PROCESS_MIN_BYTES."""
 
-    def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta) -> None:
+    def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta,
+                 writer: str = "auto") -> None:
         self.root = root
         self.rank = rank
+        self.timeout = timeout
         self.saves = BackgroundSaves(background)
         self.group = side_group(timeout) if background else None
+        self.writer = writer if background else "in_line"
+        self.process: WriterProcess | None = None  # the process writer, once started
 
-    def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published) -> None:
+    def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published,
+              state_bytes: int = 0) -> None:
         """Begin the save of checkpoint `final` (every rank): its state by `snapshot`,
-        its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid."""
+        its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid.
+        `state_bytes`: the size of this rank's state (what "auto" decides by)."""
         self.saves.wait()
+        if self.writer == "auto":
+            self.writer = "process" if largest(state_bytes) >= WRITER_PROCESS_MIN_BYTES else "thread"
         folder = self._begin(final)
-        write_state = snapshot(folder / "state", self.saves.background)
+        write_state = snapshot(folder / "state", COPIES[self.writer])
         rng, started = capture_rng(), time.monotonic()
 
         def finish() -> RunPath:
-            write_state(self.group)
+            write_state(self._save_state)
             (folder / "rng").mkdir(exist_ok=True)
             torch.save(rng, folder / "rng" / f"rank_{self.rank}.pt")
             if self.rank == 0:
@@ -77,6 +98,24 @@ class CheckpointWrites:
             return final
 
         self.saves.start(finish)
+
+    def _save_state(self, state: dict, directory: Path) -> None:
+        """Write a strategy's state with dcp: here (in line, or on the save's thread), or
+        by this rank's writer process, started by the first save that needs it."""
+        if self.writer != "process":
+            dcp_save(state, directory, self.group)
+            return
+        if self.process is None:
+            self.process = WriterProcess(self.group, self.rank, dist.get_world_size(), self.timeout)
+        self.process.save(state, directory)
+
+    def close(self) -> None:
+        """End the writer process, if one was started (at the end of the attempt). A save
+        still in flight is given up: the attempt failed, and its checkpoint is never
+        published."""
+        if self.process is not None:
+            self.process.close(wait_s=0.0 if self.saves.busy() else 5.0)
+            self.process = None
 
     def wait(self) -> RunPath | None:
         """Wait for the save in flight; returns its checkpoint (None when none was).
@@ -111,3 +150,16 @@ def make_valid(folder: Path, final: RunPath, uploaded: dict | None) -> None:
     shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
     os.replace(folder, final)
     manifest.fsync_path(final.parent)
+
+
+def dcp_save(state: dict, directory: Path, group: dist.ProcessGroup | None) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=str(directory), process_group=group)
+
+
+def largest(value: int) -> int:
+    """The largest of every rank's `value` (call on every rank)."""
+    found = torch.tensor([value], dtype=torch.int64)
+    all_reduce(found, op=dist.ReduceOp.MAX)
+    return int(found)

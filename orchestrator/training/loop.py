@@ -65,20 +65,22 @@ def train(w: WorkerContext) -> str:
     """Train from the newest valid checkpoint to `train.steps`, or until the controller
     asks to stop or resize. Returns an `Outcome`."""
     usage = UsageSampler(w.device)
+    checkpoints = CheckpointManager(w.run_dir, w.spec.checkpoint.keep, w.rank, w.world_size,
+                                    background=w.spec.checkpoint.async_save,
+                                    timeout=timedelta(seconds=w.spec.failure.collective_timeout_s),
+                                    writer=w.spec.checkpoint.writer)
     try:
-        return _train(w, usage)
+        return _train(w, usage, checkpoints)
     finally:
+        checkpoints.close()
         write_usage(w.run_dir, w.rank, w.world_size, w.step, usage.stop())
         flush_logs()  # a run on object storage: this rank's last records, uploaded
 
 
-def _train(w: WorkerContext, usage: UsageSampler) -> str:
+def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager) -> str:
     spec = w.spec
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)
-    checkpoints = CheckpointManager(w.run_dir, spec.checkpoint.keep, w.rank, w.world_size,
-                                    background=spec.checkpoint.async_save,
-                                    timeout=timedelta(seconds=spec.failure.collective_timeout_s))
     flops = count_flops(w) if w.rank == 0 else None  # before the strategy seeds its weights
     phases = StepPhases(w.device, spec.train.step_breakdown)
     strategy = build_strategy(w, layout)
@@ -234,7 +236,8 @@ def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
     now = directive in (Directive.STOP, Directive.EVACUATE)  # not at the next boundary: now
     if at_boundary or now:
         state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
-        attempt.checkpoints.start_save(state, attempt.strategy.snapshot)
+        held = attempt.strategy.memory_bytes()
+        attempt.checkpoints.start_save(state, attempt.strategy.snapshot, held["params"] + held["optimizer"])
     if last or now or (resize_requested and at_boundary):
         attempt.checkpoints.wait()
     if last:

@@ -107,6 +107,8 @@ class TrainWorker:
         )
         self.process_group = None  # the previous attempt's group: its collectives ended long ago
         try:
+            # Where peers reach rank 0's host; its checkpoint writer hosts a store there too.
+            os.environ["MASTER_ADDR"] = address[0]
             # A collective waits this long for a peer; then it fails on the ranks that wait.
             dist.init_process_group(
                 "nccl" if self.use_gpu else "gloo", init_method=f"tcp://{address[0]}:{address[1]}",

@@ -1,0 +1,148 @@
+"""A process of each rank's own that writes its checkpoint files (`checkpoint.writer`).
+
+A writer thread in the training process competes with training for the interpreter
+lock: serialising tensors and dcp's planning hold it in chunks, and the loop needs it
+between its operators, so the steps around a background save slow down even with a
+core free. A process has its own interpreter. The rank copies its state into shared
+memory (on a thread, while the next step's forward and backward run: the strategy
+waits for the copy before its optimizer step), and the writer maps that copy and
+writes it with torch.distributed.checkpoint.
+
+dcp's planning gathers every rank's plan, so the writers of an attempt meet in a gloo
+group of their own, on a store that rank 0's writer hosts. They start at the attempt's
+first save, from the save's thread, whose idle CPU priority they inherit, and end with
+the attempt (its ranks and world size are the group's). A writer whose rank's process
+has died exits within a second: it watches its parent, so a killed worker leaves no
+writer behind, even one blocked in a collective with a dead peer.
+
+Exercised by: pytest tests/test_checkpoint.py -k writer
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from orchestrator.training.background_save import run_when_idle
+
+READY = "ready"
+PARENT_CHECK_S = 0.5
+
+
+class WriterProcess:
+    """This rank's writer; create on every rank together, from the thread that uses it."""
+
+    def __init__(self, group: dist.ProcessGroup | None, rank: int, world_size: int,
+                 timeout: timedelta) -> None:
+        host, port = _store_address(group)
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_serve, name=f"checkpoint-writer-{rank}", daemon=True,
+            args=(child_end, rank, world_size, host, port, timeout.total_seconds(), os.getpid()),
+        )
+        self._process.start()
+        child_end.close()  # so that a writer that dies ends this end's reads
+        self._answer()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def save(self, state: dict, directory: Path) -> None:
+        """Write `state` (its tensors in shared memory) into `directory` with dcp; returns
+        once every rank's writer has written its part.
+
+        Raises:
+            RuntimeError: the writer failed (its traceback), or died.
+        """
+        self._connection.send((state, str(directory)))
+        self._answer()
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """End the writer: asked to, waiting up to `wait_s`, then killed."""
+        if self._process.is_alive():
+            try:
+                self._connection.send(None)
+            except OSError:
+                pass
+            self._process.join(wait_s)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._connection.close()
+
+    def _answer(self) -> None:
+        try:
+            answer = self._connection.recv()
+        except (EOFError, OSError):
+            self._process.join(1.0)
+            raise RuntimeError(f"the checkpoint writer process ended (exit code "
+                               f"{self._process.exitcode})") from None
+        if answer not in (None, READY):
+            raise RuntimeError(f"the checkpoint writer process failed:\n{answer}")
+
+
+def _store_address(group: dist.ProcessGroup | None) -> tuple[str, int]:
+    """Where rank 0's writer hosts the writers' store: rank 0's host (MASTER_ADDR, which
+    its peers reach it by) and a free port there, told to every rank over `group`."""
+    address: list[Any] = [None]
+    if dist.get_rank() == 0:
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            address[0] = (host, sock.getsockname()[1])
+    dist.broadcast_object_list(address, src=0, group=group)
+    return address[0]
+
+
+def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout_s: float,
+           parent: int) -> None:
+    """The writer's life: join the writers' group, then write each state sent until told
+    to stop (None) or the rank's process is gone."""
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+    run_when_idle()  # as the save thread that started it is; said here too, for clarity
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    torch.set_num_threads(1)
+    try:
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
+        connection.send(READY)
+    except BaseException:  # told to the rank, which raises it
+        connection.send(traceback.format_exc())
+        return
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:  # the rank's process has gone
+            return
+        if request is None:
+            break
+        state, directory = request
+        try:
+            dcp.save(state, checkpoint_id=directory)
+            answer = None
+        except BaseException:  # the save failed: told to the rank, which raises it
+            answer = traceback.format_exc()
+        del state, request  # unmaps the shared copy before the rank reuses it
+        connection.send(answer)
+    dist.destroy_process_group()
+
+
+def _exit_without(parent: int) -> None:
+    """Exit once `parent` is no longer this process's parent (it died: the process was
+    handed to another)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
