@@ -257,16 +257,13 @@ def _start_a_writer_then_die(rank: int, world_size: int, run_dir: str) -> None:
     """Start a writer for a group of two whose second rank never comes, so the writer
     waits for its peer; then die."""
     import signal
-    import threading
     from datetime import timedelta
-
-    import psutil
 
     from orchestrator.training.checkpoint_process import WriterProcess
 
-    threading.Thread(target=WriterProcess, args=(None, 0, 2, timedelta(seconds=120)), daemon=True).start()
+    writer = WriterProcess(None, 0, 2, timedelta(seconds=120))
     time.sleep(3.0)
-    writer = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+    assert not writer.ready()
     policy = os.sched_getscheduler(writer.pid)  # of its main thread
     Path(run_dir, "writer.json").write_text(json.dumps({"pid": writer.pid, "idle": policy == os.SCHED_IDLE}))
     os.kill(os.getpid(), signal.SIGKILL)  # as a lost node or the OOM killer ends a worker

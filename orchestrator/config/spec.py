@@ -254,7 +254,7 @@ class CheckpointSection(Section):
         "a process of each rank's own, which writes from a copy in shared memory made while the "
         "next step computes, and so never contends with training for the interpreter lock (its "
         "start costs a few seconds of CPU, once per attempt). auto: a process once some rank "
-        "holds 64 MiB of state or more."
+        "holds 16 MiB of parameters or more (with Adam, 48 MiB of state)."
     )
 
 

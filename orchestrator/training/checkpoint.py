@@ -89,12 +89,16 @@ class CheckpointManager:
         self.start_save(state, snapshot)
         return self.wait()
 
-    def start_save(self, state: TrainerState, snapshot: Snapshot, state_bytes: int = 0) -> None:
+    def prepare(self, parameter_bytes: int) -> None:
+        """Once the model is built (every rank): settle who writes the saves, and start
+        it (checkpoint_write.py)."""
+        self.writes.prepare(parameter_bytes)
+
+    def start_save(self, state: TrainerState, snapshot: Snapshot) -> None:
         """Begin a checkpoint of `state` (every rank; checkpoint_write.py): `snapshot(folder,
-        copy)` takes the strategy's state (`state_bytes` on this rank) as it is now. At
-        most one save is in flight."""
+        copy)` takes the strategy's state as it is now. At most one save is in flight."""
         final = self.root / f"{PREFIX}{state.step:08d}"
-        self.writes.start(final, state.to_json(), snapshot, self._published, state_bytes)
+        self.writes.start(final, state.to_json(), snapshot, self._published)
 
     def wait(self) -> RunPath | None:
         """Wait for the save in flight: published, on rank 0; written, on the others.

@@ -9,9 +9,9 @@ waits for the copy before its optimizer step), and the writer maps that copy and
 writes it with torch.distributed.checkpoint.
 
 dcp's planning gathers every rank's plan, so the writers of an attempt meet in a gloo
-group of their own, on a store that rank 0's writer hosts. They start at the attempt's
-first save, from the save's thread, whose idle CPU priority they inherit, and end with
-the attempt (its ranks and world size are the group's). A writer whose rank's process
+group of their own, on a store that rank 0's writer hosts. They start with the attempt,
+at idle CPU priority, and end with it (its ranks and world size are the group's); the
+saves before every rank's writer is ready are written by the save's thread. A writer whose rank's process
 has died exits within a second: it watches its parent, so a killed worker leaves no
 writer behind, even one blocked in a collective with a dead peer.
 
@@ -38,7 +38,8 @@ PARENT_CHECK_S = 0.5
 
 
 class WriterProcess:
-    """This rank's writer; create on every rank together, from the thread that uses it."""
+    """This rank's writer; create on every rank together (it is started, not waited for:
+    `ready` says when it has joined its group, and `save` waits for that)."""
 
     def __init__(self, group: dist.ProcessGroup | None, rank: int, world_size: int,
                  timeout: timedelta) -> None:
@@ -49,9 +50,24 @@ class WriterProcess:
             target=_serve, name=f"checkpoint-writer-{rank}", daemon=True,
             args=(child_end, rank, world_size, host, port, timeout.total_seconds(), os.getpid()),
         )
-        self._process.start()
+        # Started from a thread at idle priority, which the process inherits from its
+        # first instruction on: its start (Python, torch) takes only CPU training leaves.
+        starter = threading.Thread(target=_start_when_idle, args=(self._process,), name="writer-start")
+        starter.start()
+        starter.join()
         child_end.close()  # so that a writer that dies ends this end's reads
-        self._answer()
+        self._ready = False
+
+    def ready(self) -> bool:
+        """Whether the writer has joined its group (without waiting).
+
+        Raises:
+            RuntimeError: it failed to, or died.
+        """
+        if not self._ready and self._connection.poll():
+            self._answer()
+            self._ready = True
+        return self._ready
 
     @property
     def pid(self) -> int:
@@ -64,6 +80,9 @@ class WriterProcess:
         Raises:
             RuntimeError: the writer failed (its traceback), or died.
         """
+        if not self._ready:
+            self._answer()  # its READY
+            self._ready = True
         self._connection.send((state, str(directory)))
         self._answer()
 
@@ -91,6 +110,11 @@ class WriterProcess:
             raise RuntimeError(f"the checkpoint writer process failed:\n{answer}")
 
 
+def _start_when_idle(process: multiprocessing.process.BaseProcess) -> None:
+    run_when_idle()
+    process.start()
+
+
 def _store_address(group: dist.ProcessGroup | None) -> tuple[str, int]:
     """Where rank 0's writer hosts the writers' store: rank 0's host (MASTER_ADDR, which
     its peers reach it by) and a free port there, told to every rank over `group`."""
@@ -109,7 +133,7 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
     """The writer's life: join the writers' group, then write each state sent until told
     to stop (None) or the rank's process is gone."""
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
-    run_when_idle()  # as the save thread that started it is; said here too, for clarity
+    run_when_idle()  # inherited already; said again should the start have been elsewhere
     import torch
     import torch.distributed.checkpoint as dcp
 

@@ -41,9 +41,10 @@ from orchestrator.training.rng_state import capture_rng
 from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
-# Under this much state on every rank a writer thread is quick enough, and a writer
-# process (a Python with torch: seconds of CPU to start) is not worth its start.
-WRITER_PROCESS_MIN_BYTES = 64 * 2**20
+# Under this much of the model's parameters on every rank (with Adam's moments, three
+# times as much state) a writer thread is quick enough, and a writer process (a Python
+# with torch: seconds of CPU to start, a few hundred MB of memory) is not worth its start.
+WRITER_PROCESS_MIN_BYTES = 16 * 2**20
 # How each writer needs the state taken: in line, nothing is copied; a thread writes
 # from a copy made at once; a process maps a copy in shared memory made meanwhile.
 COPIES = {"in_line": Copy.NONE, "thread": Copy.NOW, "process": Copy.SHARED}
@@ -57,7 +58,7 @@ Published = Callable[[RunPath, float], None]
 class CheckpointWrites:
     """Checkpoint saves under `root`, one at a time; create on every rank together.
     `writer` (a background save's): "thread", "process" (checkpoint_process.py) or
-    "auto", a process once some rank's state reaches WRITER_PROCESS_MIN_BYTES."""
+    "auto" (see `prepare`)."""
 
     def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta,
                  writer: str = "auto") -> None:
@@ -68,21 +69,29 @@ class CheckpointWrites:
         self.group = side_group(timeout) if background else None
         self.writer = writer if background else "in_line"
         self.process: WriterProcess | None = None  # the process writer, once started
+        self.process_ready = False  # on every rank
 
-    def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published,
-              state_bytes: int = 0) -> None:
-        """Begin the save of checkpoint `final` (every rank): its state by `snapshot`,
-        its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid.
-        `state_bytes`: the size of this rank's state (what "auto" decides by)."""
-        self.saves.wait()
+    def prepare(self, parameter_bytes: int) -> None:
+        """Settle who writes, once the model is built (every rank; `parameter_bytes`: this
+        rank's): for "auto", a process once some rank holds WRITER_PROCESS_MIN_BYTES of
+        parameters. Writer processes start now; saves before they are ready on every
+        rank are written by the thread."""
         if self.writer == "auto":
-            self.writer = "process" if largest(state_bytes) >= WRITER_PROCESS_MIN_BYTES else "thread"
+            self.writer = "process" if largest(parameter_bytes) >= WRITER_PROCESS_MIN_BYTES else "thread"
+        if self.writer == "process":
+            self.process = WriterProcess(None, self.rank, dist.get_world_size(), self.timeout)
+
+    def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published) -> None:
+        """Begin the save of checkpoint `final` (every rank): its state by `snapshot`,
+        its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid."""
+        self.saves.wait()
+        writer = self._writer_now()
         folder = self._begin(final)
-        write_state = snapshot(folder / "state", COPIES[self.writer])
+        write_state = snapshot(folder / "state", COPIES[writer])
         rng, started = capture_rng(), time.monotonic()
 
         def finish() -> RunPath:
-            write_state(self._save_state)
+            write_state(self._save_in_process if writer == "process" else self._save_here)
             (folder / "rng").mkdir(exist_ok=True)
             torch.save(rng, folder / "rng" / f"rank_{self.rank}.pt")
             if self.rank == 0:
@@ -99,12 +108,25 @@ class CheckpointWrites:
 
         self.saves.start(finish)
 
-    def _save_state(self, state: dict, directory: Path) -> None:
-        """Write a strategy's state with dcp: here (in line, or on the save's thread), or
-        by this rank's writer process, started by the first save that needs it."""
-        if self.writer != "process":
-            dcp_save(state, directory, self.group)
-            return
+    def _writer_now(self) -> str:
+        """Who writes this save: the writer process once it is ready on every rank (they
+        agree, on the training thread), the thread until then."""
+        if self.writer == "auto":  # not prepared: a thread is always there
+            self.writer = "thread"
+        if self.writer != "process" or self.process is None or self.process_ready:
+            return self.writer
+        self.process_ready = everyone(self.process.ready())
+        return "process" if self.process_ready else "thread"
+
+    def _save_here(self, state: dict, directory: Path) -> None:
+        """dcp writes `state` here: in line, or on the save's thread."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(state, checkpoint_id=str(directory), process_group=self.group)
+
+    def _save_in_process(self, state: dict, directory: Path) -> None:
+        """This rank's writer process writes `state` (started here, on the save's thread,
+        when no `prepare` started it)."""
         if self.process is None:
             self.process = WriterProcess(self.group, self.rank, dist.get_world_size(), self.timeout)
         self.process.save(state, directory)
@@ -152,14 +174,13 @@ def make_valid(folder: Path, final: RunPath, uploaded: dict | None) -> None:
     manifest.fsync_path(final.parent)
 
 
-def dcp_save(state: dict, directory: Path, group: dist.ProcessGroup | None) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save(state, checkpoint_id=str(directory), process_group=group)
-
-
 def largest(value: int) -> int:
     """The largest of every rank's `value` (call on every rank)."""
     found = torch.tensor([value], dtype=torch.int64)
     all_reduce(found, op=dist.ReduceOp.MAX)
     return int(found)
+
+
+def everyone(flag: bool) -> bool:
+    """Whether `flag` holds on every rank (call on every rank)."""
+    return largest(0 if flag else 1) == 0

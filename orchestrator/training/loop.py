@@ -88,6 +88,7 @@ def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager
                       phases, StepProfile(w.device, strategy.model, phases))
     usage.state_bytes, usage.profile, usage.data_reads = strategy.memory_bytes, attempt.profile, w.data.train.reads
     step = w.step = resume(attempt)
+    checkpoints.prepare(strategy.memory_bytes()["params"])
 
     sampler = GlobalBatchSampler(w.data.train.order, layout.global_batch, spec.train.seed)
     records = StepRecords(MetricsLog(w.run_dir, enabled=w.rank == 0), w.run_dir)
@@ -236,8 +237,7 @@ def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
     now = directive in (Directive.STOP, Directive.EVACUATE)  # not at the next boundary: now
     if at_boundary or now:
         state = TrainerState(step, w.world_size, layout.dims.dp, step * layout.global_batch)
-        held = attempt.strategy.memory_bytes()
-        attempt.checkpoints.start_save(state, attempt.strategy.snapshot, held["params"] + held["optimizer"])
+        attempt.checkpoints.start_save(state, attempt.strategy.snapshot)
     if last or now or (resize_requested and at_boundary):
         attempt.checkpoints.wait()
     if last:
