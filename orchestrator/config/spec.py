@@ -249,12 +249,11 @@ class CheckpointSection(Section):
         "it in the background while training goes on (one save in flight at a time); false "
         "writes it before the next step. ZeRO's state is written by DeepSpeed in line either way."
     )
-    writer: Literal["auto", "thread", "process"] = Field(
-        "auto", description="Who writes a background save: a thread of the training process, or "
+    writer: Literal["thread", "process"] = Field(
+        "thread", description="Who writes a background save: a thread of the training process, or "
         "a process of each rank's own, which writes from a copy in shared memory made while the "
-        "next step computes, and so never contends with training for the interpreter lock (its "
-        "start costs a few seconds of CPU, once per attempt). auto: a process once some rank "
-        "holds 16 MiB of parameters or more (with Adam, 48 MiB of state)."
+        "next step computes and never contends with training for the interpreter lock (it starts "
+        "with each attempt: a few seconds of CPU at idle priority, a few hundred MB of memory)."
     )
 
 

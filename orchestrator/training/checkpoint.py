@@ -67,7 +67,7 @@ class CheckpointManager:
 
     def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int,
                  background: bool = False, timeout: timedelta = timedelta(minutes=30),
-                 writer: str = "auto") -> None:
+                 writer: str = "thread") -> None:
         self.run_dir = run_path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
@@ -89,10 +89,9 @@ class CheckpointManager:
         self.start_save(state, snapshot)
         return self.wait()
 
-    def prepare(self, parameter_bytes: int) -> None:
-        """Once the model is built (every rank): settle who writes the saves, and start
-        it (checkpoint_write.py)."""
-        self.writes.prepare(parameter_bytes)
+    def prepare(self) -> None:
+        """Once the model is built (every rank): start what writes the saves."""
+        self.writes.prepare()
 
     def start_save(self, state: TrainerState, snapshot: Snapshot) -> None:
         """Begin a checkpoint of `state` (every rank; checkpoint_write.py): `snapshot(folder,

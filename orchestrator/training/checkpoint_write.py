@@ -41,10 +41,6 @@ from orchestrator.training.rng_state import capture_rng
 from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
-# Under this much of the model's parameters on every rank (with Adam's moments, three
-# times as much state) a writer thread is quick enough, and a writer process (a Python
-# with torch: seconds of CPU to start, a few hundred MB of memory) is not worth its start.
-WRITER_PROCESS_MIN_BYTES = 16 * 2**20
 # How each writer needs the state taken: in line, nothing is copied; a thread writes
 # from a copy made at once; a process maps a copy in shared memory made meanwhile.
 COPIES = {"in_line": Copy.NONE, "thread": Copy.NOW, "process": Copy.SHARED}
@@ -57,11 +53,10 @@ Published = Callable[[RunPath, float], None]
 
 class CheckpointWrites:
     """Checkpoint saves under `root`, one at a time; create on every rank together.
-    `writer` (a background save's): "thread", "process" (checkpoint_process.py) or
-    "auto" (see `prepare`)."""
+    `writer`, of a background save: "thread" or "process" (checkpoint_process.py)."""
 
     def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta,
-                 writer: str = "auto") -> None:
+                 writer: str = "thread") -> None:
         self.root = root
         self.rank = rank
         self.timeout = timeout
@@ -71,13 +66,10 @@ class CheckpointWrites:
         self.process: WriterProcess | None = None  # the process writer, once started
         self.process_ready = False  # on every rank
 
-    def prepare(self, parameter_bytes: int) -> None:
-        """Settle who writes, once the model is built (every rank; `parameter_bytes`: this
-        rank's): for "auto", a process once some rank holds WRITER_PROCESS_MIN_BYTES of
-        parameters. Writer processes start now; saves before they are ready on every
-        rank are written by the thread."""
-        if self.writer == "auto":
-            self.writer = "process" if largest(parameter_bytes) >= WRITER_PROCESS_MIN_BYTES else "thread"
+    def prepare(self) -> None:
+        """Start the writer processes, if they write the saves (every rank, once the
+        model is built). Saves before they are ready on every rank are written by the
+        thread."""
         if self.writer == "process":
             self.process = WriterProcess(None, self.rank, dist.get_world_size(), self.timeout)
 
@@ -111,8 +103,6 @@ class CheckpointWrites:
     def _writer_now(self) -> str:
         """Who writes this save: the writer process once it is ready on every rank (they
         agree, on the training thread), the thread until then."""
-        if self.writer == "auto":  # not prepared: a thread is always there
-            self.writer = "thread"
         if self.writer != "process" or self.process is None or self.process_ready:
             return self.writer
         self.process_ready = everyone(self.process.ready())
@@ -174,13 +164,8 @@ def make_valid(folder: Path, final: RunPath, uploaded: dict | None) -> None:
     manifest.fsync_path(final.parent)
 
 
-def largest(value: int) -> int:
-    """The largest of every rank's `value` (call on every rank)."""
-    found = torch.tensor([value], dtype=torch.int64)
-    all_reduce(found, op=dist.ReduceOp.MAX)
-    return int(found)
-
-
 def everyone(flag: bool) -> bool:
     """Whether `flag` holds on every rank (call on every rank)."""
-    return largest(0 if flag else 1) == 0
+    found = torch.tensor([0 if flag else 1], dtype=torch.int64)
+    all_reduce(found, op=dist.ReduceOp.MAX)
+    return int(found) == 0

@@ -88,7 +88,7 @@ def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager
                       phases, StepProfile(w.device, strategy.model, phases))
     usage.state_bytes, usage.profile, usage.data_reads = strategy.memory_bytes, attempt.profile, w.data.train.reads
     step = w.step = resume(attempt)
-    checkpoints.prepare(strategy.memory_bytes()["params"])
+    checkpoints.prepare()
 
     sampler = GlobalBatchSampler(w.data.train.order, layout.global_batch, spec.train.seed)
     records = StepRecords(MetricsLog(w.run_dir, enabled=w.rank == 0), w.run_dir)
