@@ -7,9 +7,9 @@ taken. The second half runs in the background (background_save.py): each rank wr
 its files from the copy into the checkpoint's `.partial-` folder (or, for a run on
 object storage, a local staging folder it then uploads), and rank 0 publishes the
 checkpoint (manifest last, rename into place) once every rank's files are written.
-The state's files are written by the save's thread or, for a large state, by a writer
-process of the rank's own (checkpoint_process.py), which maps a copy in shared memory
-that the rank makes while its next step computes.
+The state's files are written by the save's thread or, with `checkpoint.writer:
+process`, by a writer process of the rank's own (checkpoint_process.py), which maps a
+copy in shared memory that the rank makes while its next step computes.
 Those background writes meet in a gloo group of their own, created for the attempt,
 so their collectives never interleave with the training's.
 
@@ -63,6 +63,8 @@ class CheckpointWrites:
         self.saves = BackgroundSaves(background)
         self.group = side_group(timeout) if background else None
         self.writer = writer if background else "in_line"
+        if self.writer == "process" and not dist.is_initialized():  # one process: the thread
+            self.writer = "thread"
         self.process: WriterProcess | None = None  # the process writer, once started
         self.process_ready = False  # on every rank
 
