@@ -19,9 +19,10 @@ it (the next save, the end) sleeps, which leaves it the core.
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Callable
+
+from orchestrator.training.cpu_priority import run_when_idle
 
 
 class BackgroundSaves:
@@ -69,11 +70,3 @@ class BackgroundSaves:
         except BaseException as error:  # handed to the training thread by wait()
             self._error = error
 
-
-def run_when_idle() -> None:
-    """Give the calling thread the lowest CPU priority the OS offers (best effort)."""
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, on Linux
-        except OSError:
-            pass

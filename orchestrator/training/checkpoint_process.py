@@ -31,7 +31,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from orchestrator.training.background_save import run_when_idle
+from orchestrator.training.cpu_priority import run_when_idle
 
 READY = "ready"
 PARENT_CHECK_S = 0.5

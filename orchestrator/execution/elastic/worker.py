@@ -20,7 +20,7 @@ import ray
 
 from orchestrator.execution.failures import AttemptFailed, code_frames, report_exception
 from orchestrator.run.storage import run_path
-from orchestrator.training.background_save import run_when_idle
+from orchestrator.training.cpu_priority import run_when_idle
 
 
 def import_training(at_idle_priority: bool) -> None:
