@@ -238,8 +238,13 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.
 
 def _local_bytes(tensor: torch.Tensor) -> int:
     """Bytes this rank really stores: a DTensor counts only its local shard."""
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    local = _local(tensor)
     return local.numel() * local.element_size()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of `tensor` this rank holds: a DTensor's local shard, else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def autocast_dtype_for(precision: str) -> torch.dtype | None:
@@ -264,11 +269,11 @@ def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, sch
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     if copy is Copy.NONE:
         return (lambda save: save(state, directory)), None
-    copier = host_copier(next(model.parameters()).device, shared=copy is Copy.SHARED)
-    staged = copier.stage(apart_from_training(state, model))
-    if not isinstance(staged, Future):
+    if copy is Copy.NOW:  # copied before training goes on: nothing to keep apart
+        staged = host_copier(next(model.parameters()).device).stage(state)
         return (lambda save: save(staged, directory)), None
-    return (lambda save: save(staged.result(), directory)), staged
+    copying = host_copier(next(model.parameters()).device, shared=True).stage(apart_from_training(state, model))
+    return (lambda save: save(copying.result(), directory)), copying
 
 
 def apart_from_training(state: dict, model: nn.Module) -> dict:
@@ -292,8 +297,7 @@ def apart_from_training(state: dict, model: nn.Module) -> dict:
 
 
 def _storage_of(tensor: torch.Tensor) -> int:
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    return local.untyped_storage().data_ptr()
+    return _local(tensor).untyped_storage().data_ptr()
 
 
 def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int) -> tuple[dict, dict]:
