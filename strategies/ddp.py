@@ -5,22 +5,14 @@ Exercised by: pytest tests/test_strategy_parity.py -k ddp
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from strategies.base import Strategy
+from strategies.ddp_options import DDPOptions
 from strategies.mesh import ParallelDims
-from strategies.registry import StrategyOptions, StrategySpec, register_strategy
-
-
-class DDPOptions(StrategyOptions):
-    """`strategy:` section for `name: ddp`."""
-    name: Literal["ddp"] = "ddp"
-    bucket_cap_mb: float = Field(25.0, gt=0, description="Gradient all-reduce bucket size in MiB.")
 
 
 class DDPStrategy(Strategy):
@@ -38,14 +30,3 @@ class DDPStrategy(Strategy):
 
     def accumulate(self, is_last_micro_batch: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if is_last_micro_batch else self.model.no_sync()
-
-
-register_strategy(
-    StrategySpec(
-        name="ddp",
-        options=DDPOptions,
-        build=DDPStrategy,
-        layout=lambda options, world_size: ParallelDims(world_size=world_size, dp=world_size),
-        summary="data parallel: full replica per worker, gradients all-reduced",
-    )
-)

@@ -9,8 +9,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from strategies.mesh import ParallelDims
-from strategies.registry import Sharding, StrategyOptions, StrategySpec, register_strategy, runtime
+from strategies.registry import (
+    Sharding, StrategyOptions, StrategySpec, all_data_parallel, register_strategy, runtime,
+)
 
 
 class FSDPOptions(StrategyOptions):
@@ -29,7 +30,7 @@ register_strategy(
         name="fsdp",
         options=FSDPOptions,
         build=runtime("strategies.fsdp", "FSDPStrategy"),
-        layout=lambda options, world_size: ParallelDims(world_size=world_size, dp=world_size),
+        layout=all_data_parallel,
         summary="fully sharded data parallel (PyTorch FSDP2): parameters, gradients and "
         "optimizer state sharded across workers",
         sharding=lambda options: Sharding(params=True, grads=True, optimizer=True),

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from strategies.mesh import ParallelDims
+
 if TYPE_CHECKING:
     from torch import nn
 
     from strategies.base import Strategy
-    from strategies.mesh import ParallelDims
 
 
 class StrategyOptions(BaseModel):
@@ -115,6 +116,11 @@ def runtime(module: str, name: str) -> Callable[..., Any]:
 
     call.__qualname__ = call.__name__ = f"{module}.{name}"
     return call
+
+
+def all_data_parallel(options: BaseModel, world_size: int) -> ParallelDims:
+    """The layout of a strategy whose every worker is a data-parallel rank (ddp, zero, fsdp)."""
+    return ParallelDims(world_size=world_size, dp=world_size)
 
 
 STRATEGY_REGISTRY: dict[str, StrategySpec] = {}

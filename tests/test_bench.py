@@ -151,6 +151,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2 and "--workers" in result.stderr
 
 
+@pytest.mark.slow  # 45 s: a torchrun and a Ray Train run beside the job's own
 def test_peers_train_the_same_job_as_hand_written_loops(tmp_path):
     """--peers: the job's DDP as a plain torchrun loop and a plain Ray Train loop, measured
     like every other configuration; the same model, data and seed give the same losses."""

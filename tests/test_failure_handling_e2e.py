@@ -109,6 +109,8 @@ def test_killed_workers_are_still_retried_and_every_failure_is_listed(tmp_path):
     assert status["restarts"] == status["failures"] == 3
 
 
+@pytest.mark.slow  # a minute: four restarts of Ray Train's whole group; the default tier's
+# test_killed_workers_are_still_retried_and_every_failure_is_listed covers it under elastic
 def test_under_ray_train_every_failure_is_listed_too_and_a_failed_runs_status_shows_its_error(tmp_path):
     result, _ = launch(tmp_path, "scaling.backend=ray_train", "chaos.kill_worker_at_steps=[3, 6, 9, 11]",
                        "train.steps=12")

@@ -5,8 +5,11 @@ Exercised by: pytest tests/test_launch_e2e.py   (skip with -m "not e2e")
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,10 +82,51 @@ def test_one_and_two_workers_give_the_same_losses(tmp_path):
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
 
 
-def test_impossible_job_is_refused_before_ray_starts(tmp_path):
+def _refused_launch(run_dir: Path, ray_tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """A launch with Ray's files under `ray_tmp` (short: Ray's sockets live there)."""
     args = [sys.executable, "-m", "orchestrator.cli", "launch", str(ROOT / "examples/quickstart.yaml"),
-            "--run-dir", str(tmp_path / "never"), "--set", "scaling.workers=3"]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert result.returncode == 2
-    assert "train.global_batch_size" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "never").exists()
+            "--run-dir", str(run_dir)]
+    for override in overrides:
+        args += ["--set", override]
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
+    return result
+
+
+def _processes_under(folder: Path) -> list[str]:
+    """Command lines of this machine's processes that name `folder` (Ray's name its session)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        if str(folder) in line:
+            found.append(line)
+    return found
+
+
+def test_impossible_job_is_refused_before_ray_starts(tmp_path):
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        result = _refused_launch(tmp_path / "never", ray_tmp, "scaling.workers=3")
+        assert "train.global_batch_size" in result.stderr
+        assert list(ray_tmp.iterdir()) == []  # no Ray session was started
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_model_refused_while_ray_starts_leaves_no_ray_behind(tmp_path):
+    """The checks that import the model's code run while Ray starts; a model they refuse
+    is reported, and the Ray started meanwhile is shut down whole before the exit."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        result = _refused_launch(tmp_path / "never", ray_tmp, "model.options.widht=3")
+        assert "model.options.widht: model 'mlp' has no option 'widht'" in result.stderr
+        assert list(ray_tmp.iterdir()), "the launch did not start Ray while it checked the model"
+        assert _processes_under(ray_tmp) == []  # shut down before the exit, not left to notice
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

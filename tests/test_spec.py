@@ -80,10 +80,16 @@ def test_bad_yaml_file(tmp_path):
     assert result.output.rstrip().endswith("^")
 
 
-def test_every_problem_reported_at_once():
+@pytest.mark.parametrize("overrides", [
+    ["train.stepz=1", "optimizer.lr=-1"],
+    ["train.stepz=1", "model.options.widht=3"],  # the schema's and the model's code's
+    ["train.global_batch_size=48", "model.options.widht=3"],  # the batch arithmetic's and the model's
+])
+def test_every_problem_reported_at_once(overrides):
     with pytest.raises(JobSpecError) as caught:
-        load_spec(QUICKSTART, ["train.stepz=1", "optimizer.lr=-1"])
-    assert len(caught.value.problems) == 2
+        load_spec(QUICKSTART, overrides)
+    assert len(caught.value.problems) >= 2
+    assert all(any(o.split("=")[0] in p for p in caught.value.problems) for o in overrides)
 
 
 def test_overrides_take_precedence_and_defaults_fill_in(tmp_path):
@@ -145,3 +151,22 @@ def test_elastic_range_skips_counts_the_layout_cannot_take():
     assert spec.scaling.max_workers == 4
     with pytest.raises(JobSpecError, match="counts that fit: 2, 4$"):  # 6: 3 ranks x 32 > 64
         load_spec(QUICKSTART, ["strategy={name: hybrid, tp: 2}", "scaling.workers=[2, 6]"])
+
+
+def test_a_job_is_read_without_torch_and_its_model_checked_after():
+    """`read_spec` checks all but the model's code without importing torch (so `launch`
+    starts Ray meanwhile); `check_model` then finds what only the model's code can say."""
+    script = (
+        "import sys\n"
+        "from orchestrator.config.loading import check_model, read_spec\n"
+        "from orchestrator.errors import JobSpecError\n"
+        f"spec = read_spec({str(QUICKSTART)!r}, ['model.options.widht=3'])\n"
+        "assert 'torch' not in sys.modules, 'reading the job imported torch'\n"
+        "try:\n"
+        "    check_model(spec)\n"
+        "except JobSpecError as error:\n"
+        "    print(error.problems)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model.options.widht" in result.stdout

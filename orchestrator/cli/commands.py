@@ -5,6 +5,7 @@ launch/resume stopped by SIGTERM or SIGINT (after a checkpoint): 128 + the signa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -64,10 +65,31 @@ def _fail(message: str, code: int) -> "typer.Exit":
 
 
 def _load(job: Path, overrides: Optional[List[str]], build: bool = True, recorded: bool = False):
-    from orchestrator.config.loading import load_spec
+    spec = _read(job, overrides, recorded)
+    if not recorded:
+        _check_model(job, spec, build=build)
+    return spec
 
+
+def _read(job: Path, overrides: Optional[List[str]], recorded: bool = False):
+    """The job checked for all but its model's code, without torch (`_check_model` follows)."""
+    from orchestrator.config.loading import read_spec
+
+    with _refused(job):
+        return read_spec(job, overrides, recorded=recorded)
+
+
+def _check_model(job: Path, spec, build: bool = True) -> None:
+    from orchestrator.config.loading import check_model
+
+    with _refused(job):
+        check_model(spec, build=build)
+
+
+@contextlib.contextmanager
+def _refused(job: Path):
     try:
-        return load_spec(job, overrides, build=build, recorded=recorded)
+        yield
     except JobSpecError as error:
         raise _fail(f"{job} is not a valid job:\n  " + "\n  ".join(error.problems), 2) from None
 
@@ -90,15 +112,16 @@ def launch(
     from orchestrator.execution.launcher import Launcher, default_run_dir
     from orchestrator.execution.submission import is_jobs_address
 
-    spec = _load(job, set_)
+    spec = _read(job, set_)
     if is_jobs_address(address):
+        _check_model(job, spec)
         if run_dir is None:
             raise _fail("a submitted run needs --run-dir: a URI (s3://bucket/runs/NAME) or an absolute "
                         "path every node mounts", 2)
         command = ["launch", str(_relative_job(job, working_dir)), "--run-dir", run_dir]
         _submit(address, command + _set_args(set_), spec, run_dir, working_dir, follow)
         return
-    _run(Launcher(spec, _run_path(run_dir) if run_dir else default_run_dir(spec), address))
+    _run_checked(job, spec, Launcher(spec, _run_path(run_dir) if run_dir else default_run_dir(spec), address))
 
 
 def _set_args(overrides: Optional[List[str]]) -> list[str]:
@@ -159,12 +182,26 @@ def resume(
     except RunDirError as error:
         raise _fail(str(error), 2) from None
     # Submitted, the resume runs (and is checked) on the cluster, with the model's module.
-    spec = _load(job, set_, recorded=is_jobs_address(address))
     if is_jobs_address(address):
+        spec = _load(job, set_, recorded=True)
         command = ["resume", run_dir, *_set_args(set_), *(["--force"] if force else [])]
         _submit(address, command, spec, run_dir, working_dir, follow)
         return
-    _run(Launcher(spec, path, address, resume=True, force=force))
+    spec = _read(job, set_)
+    _run_checked(job, spec, Launcher(spec, path, address, resume=True, force=force))
+
+
+def _run_checked(job: Path, spec, launcher) -> None:
+    """Ray starts while the job is checked against its model's code (torch's import, the
+    model built on the meta device): about a second of a launch overlapped. Every other
+    check has passed before (`_read`); a model the checks refuse shuts that Ray down
+    again before the exit."""
+    try:
+        launcher.start_ray()
+        _check_model(job, spec)
+        _run(launcher)
+    finally:
+        launcher.stop_ray()
 
 
 def _run(launcher) -> None:

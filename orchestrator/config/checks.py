@@ -1,30 +1,50 @@
-"""Checks of a job that need its process layout or its model, run after the spec
-itself has validated (config/loading.py calls `job_problems`).
+"""Checks of a job beyond its schema, run after the spec itself has validated
+(config/loading.py): its data, batch arithmetic and layout (`job_problems`), then its
+model's code and, built on the meta device, the model against the layout
+(`model_problems`).
 
-They live apart from the spec because they use planning (batch arithmetic, the
-strategy's layout) and the model, which in turn read the spec's types: checking
-them inside the spec's validator would make the spec import its own consumers.
+They live apart from the spec because they use the data's readers, planning (batch
+arithmetic, the strategy's layout) and the model's code, which in turn read the spec's
+types: checking them inside the spec's validator would make the spec import its own
+consumers. Only `model_problems` needs torch, so a job's other problems are found
+without it.
 """
 from __future__ import annotations
 
-import torch
-
-import models
+from typing import Any
 
 import strategies
 from orchestrator.config.spec import JobSpec
 from orchestrator.data.inspection import data_problems
-from orchestrator.data.model_arguments import model_arguments
 from orchestrator.planning.layout import batch_fits, batch_layout, layout_for
-from orchestrator.training.model import build_job_model
 
 
-def job_problems(spec: JobSpec, build: bool = True, data: bool = True) -> list[str]:
-    """Every problem of a validated spec's data (with `data`: its schema and first rows,
-    data/inspection.py), batch arithmetic and layout, each naming its key; with `build`,
-    also those that need the model built (on the meta device)."""
-    problems = (data_problems(spec) if data else []) + batch_problems(spec)
-    return problems or (model_layout_problems(spec) if build else [])
+def job_problems(spec: JobSpec, here: bool = True) -> list[str]:
+    """Every problem of a validated spec's data (with `here`: this machine has the data;
+    data/inspection.py reads its schema and first rows) and batch arithmetic, each naming
+    its key."""
+    return (data_problems(spec) if here else []) + batch_problems(spec)
+
+
+def model_problems(spec: JobSpec, build: bool = True) -> list[str]:
+    """`model.options` against the model's code; with `build`, and when they pass, the
+    layout checks that need the model built. For a spec without `job_problems`."""
+    return model_option_problems(spec.model.name, spec.model.options) or (
+        model_layout_problems(spec) if build else [])
+
+
+def model_option_problems(name: Any, options: Any) -> list[str]:
+    """`model.name` resolves (importing its code, and torch) and takes `model.options`,
+    checked against the factory's signature without building the model."""
+    import models
+
+    if not isinstance(name, str) or not isinstance(options, dict):
+        return []  # the schema reports them
+    try:
+        models.check_model_options(name, options)
+    except models.ModelConfigError as error:
+        return [str(error)]
+    return []
 
 
 def batch_problems(spec: JobSpec) -> list[str]:
@@ -60,6 +80,12 @@ def model_layout_problems(spec: JobSpec) -> list[str]:
     """Layout checks that need the model (a tensor degree that does not divide the heads,
     more stages than blocks), for every worker count the job may run at. The model is
     built on the meta device: shapes only, no memory."""
+    import torch
+
+    import models
+    from orchestrator.data.model_arguments import model_arguments
+    from orchestrator.training.model import build_job_model
+
     check = strategies.get_strategy(spec.strategy.name).check
     if check is None:
         return []

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-import models
 import strategies
 from orchestrator.config.messages import did_you_mean
 from orchestrator.data.formats import BUILTIN_SOURCES, SUFFIX_FORMATS, SourceKind, kind_of, parse_options
@@ -387,11 +386,8 @@ class JobSpec(Section):
                 f"(got name {self.optimizer.name!r}, momentum {self.optimizer.momentum})"
             )
         problems += self._source_problems(here)
-        try:
-            if here:
-                models.check_model_options(self.model.name, self.model.options)
-        except models.ModelConfigError as error:
-            problems.append(str(error))
+        # model.options are checked against the model's code after this (config/checks.py):
+        # importing the code means importing torch, which the schema itself does not need.
         if here and self.model.pretrained is not None and not self.pretrained_path.is_dir():
             problems.append(f"model.pretrained: {str(self.pretrained_path)!r} is not a directory")
         strategy_check = strategies.get_strategy(self.strategy.name).check_job

@@ -20,14 +20,13 @@ from orchestrator.config.spec import JobSpec
 from orchestrator.errors import ResourceError, RunDirError, TrainingError, VerificationError
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.progress import ProgressReporter
-from orchestrator.execution.ray_runtime import refuse_ray_client, start_ray, worker_env
+from orchestrator.execution.ray_runtime import RayStart, refuse_ray_client, worker_env
 from orchestrator.execution.resources import WorkerResources, size_workers
 from orchestrator.run.control import HEARTBEAT_S, DriverLock, request, write_heartbeat
 from orchestrator.run.files import RunFiles, atomic_write_text, flush_logs, read_json
 from orchestrator.run.storage import ObjectPath, RunPath, run_path
 from orchestrator.run.summary import write_summary
 from orchestrator.run.tracking import Tracking, check_reachable
-from orchestrator.verify.preflight import launch_check
 
 
 def default_run_dir(spec: JobSpec) -> Path:
@@ -49,13 +48,26 @@ class Launcher:
         self.signal: signal.Signals | None = None  # SIGTERM or SIGINT received: stop with a checkpoint
         self._stop_asked = False
         self._started = 0.0
+        self._ray: RayStart | None = None
+
+    def start_ray(self) -> None:
+        """Start Ray, or join the cluster, on a thread now, while the caller goes on (the
+        job's checks, imports); `run` waits for it and shuts it down. A caller that ends
+        without `run` calls `stop_ray`."""
+        if self._ray is None:
+            refuse_ray_client(self.address)
+            self._ray = RayStart(self.address, _say, worker_env(self.spec, self.run_dir))
+
+    def stop_ray(self) -> None:
+        if self._ray is not None:
+            self._ray.stop()
 
     def run(self) -> dict:
         refuse_ray_client(self.address)
         if self.spec.scaling.use_gpu and not self.address:
             _require_local_gpu()
         check_reachable(self.spec)  # before the run directory holds this run
-        self._open_run_dir()
+        _open_run_dir(self.run_dir, self.spec, self.lock, self.resume)
         try:
             self.tracking = Tracking(self.spec, self.run_dir, self.resume)
         except BaseException:
@@ -63,18 +75,16 @@ class Launcher:
             raise
         started = self._started = time.time()
         _say(f"run directory: {self.run_dir}")
-        embedded = start_ray(self.address, _say, worker_env(self.spec, self.run_dir))
+        self.start_ray()  # unless the caller has started it already
         try:
+            self._ray.wait()
             with _StopOnSignal(self):
                 state, error = self._train()
         except KeyboardInterrupt:  # a second signal, or one a backend cannot stop on
             state, error = "interrupted", None
             self.signal = self.signal or signal.SIGINT
         finally:
-            if embedded:
-                import ray
-
-                ray.shutdown()
+            self.stop_ray()
             self.lock.release()
         flush_logs()
         summary = write_summary(self.run_dir, "failed" if error else state, time.time() - started, error)
@@ -89,35 +99,14 @@ class Launcher:
         _say(f"{summary['status']}: {self.run_dir}")
         return summary
 
-    def _open_run_dir(self) -> None:
-        """Raises:
-        RunDirError: the directory is a file, cannot be written, holds a run `launch`
-            would overwrite, or another driver holds it.
-        """
-        files = RunFiles(self.run_dir)
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise RunDirError(f"run directory {self.run_dir} is a file; choose another --run-dir")
-        if not self.resume and files.job.exists():
-            raise RunDirError(f"{self.run_dir} holds a run already: `orchestrator resume {self.run_dir}` "
-                              "continues it; choose another --run-dir for a new one")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.lock.acquire()
-            atomic_write_text(files.job, dump_spec(self.spec))
-        except OSError as error:
-            self.lock.release()
-            raise RunDirError(f"cannot write run directory {self.run_dir}: {error.strerror or error}") from None
-        files.summary.unlink(missing_ok=True)  # a resumed run is running again
-        _log_to_file(files.controller_log)
-
     def _train(self) -> tuple[str, BaseException | None]:
         """Start the workers, prepare the data meanwhile, then run the backend on a
         thread while showing progress."""
         import ray
 
-        from orchestrator.data.pipeline import prepare_data
-
         from orchestrator.compat.ray import autoscaler_running
+        from orchestrator.data.pipeline import prepare_data
+        from orchestrator.verify.preflight import launch_check
 
         resources = size_workers(self.spec, ray.cluster_resources(), self.backend.spares(self.spec),
                                  can_grow=autoscaler_running())
@@ -197,6 +186,31 @@ class _StopOnSignal:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _open_run_dir(run_dir: RunPath, spec: JobSpec, lock: DriverLock, resume: bool) -> None:
+    """Hold the run directory (`lock`) and write the job into it; `resume`: it may hold
+    the run already.
+
+    Raises:
+        RunDirError: the directory is a file, cannot be written, holds a run `launch`
+            would overwrite, or another driver holds it.
+    """
+    files = RunFiles(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file; choose another --run-dir")
+    if not resume and files.job.exists():
+        raise RunDirError(f"{run_dir} holds a run already: `orchestrator resume {run_dir}` "
+                          "continues it; choose another --run-dir for a new one")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        atomic_write_text(files.job, dump_spec(spec))
+    except OSError as error:
+        lock.release()
+        raise RunDirError(f"cannot write run directory {run_dir}: {error.strerror or error}") from None
+    files.summary.unlink(missing_ok=True)  # a resumed run is running again
+    _log_to_file(files.controller_log)
 
 
 def _require_local_gpu() -> None:
