@@ -7,8 +7,10 @@ own), with `writer: thread` (copied at the step, written by a thread of the trai
 process), and with `async_save: false` (written before the next step). MLP
 1024-2048-2048-1024-10 (8.4M parameters), AdamW: 100.7 MB of training state
 (parameters and both moments); global batch 256 (or --batch), a checkpoint every 20 steps; at 2
-workers of one thread (every core of a 2-core machine trains) and at 1 (a core left
-over, as the cores of a GPU worker's host are). Repeats alternate the modes.
+workers and at 1. Either way every core of the machine trains: a worker gets the cores
+divided by the workers as torch threads (execution/resources.py), so 1 worker on 2 cores
+trains with 2 threads, and the background write takes CPU from the step. Repeats
+alternate the modes.
 
 Times are intervals between consecutive steps' ends (the wall-clock time each metrics
 record keeps), so whatever runs between steps is in them:
