@@ -5,6 +5,9 @@ Exercised by: pytest tests/test_streaming.py
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -263,3 +266,24 @@ def test_plan_sizes_a_parquet_source_from_its_footers_and_bounds_what_a_worker_h
     assert data.per_worker_bytes(1) == (2 * 4 + 1) * int(0.004 * 2**20)
     in_memory = estimate_data(make_spec(JOB, data={"source": "digits"}), {"input_dim": 64, "context": None})
     assert not in_memory.streamed and in_memory.per_worker_bytes(2) == 1797 * (64 * 4 + 8)
+
+
+def test_a_preparation_outside_a_run_leaves_no_folder_behind(tmp_path):
+    """Data prepared without a run's folder goes to a temporary one, removed when the
+    process that prepared it exits."""
+    spec_path = tmp_path / "rows.parquet"
+    write_rows(spec_path)
+    script = (
+        "from orchestrator.data.store import ShardStore\n"
+        "from tests.distributed import make_spec\n"
+        "from tests.test_streaming import JOB\n"
+        f"spec = make_spec(JOB, data__source={str(spec_path)!r})\n"
+        "store = ShardStore.at(spec, None)\n"
+        "(store.root / 'train').mkdir()\n"
+        "print(store.root)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = Path(result.stdout.split()[-1])
+    assert folder.name.startswith("orchestrator-data-") and not folder.exists()

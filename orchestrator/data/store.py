@@ -8,10 +8,12 @@ a resumed run reads the shards it trained on and a changed job prepares anew.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,7 +49,12 @@ class ShardStore:
 
     @classmethod
     def at(cls, spec: "JobSpec", data_dir: "RunPath | None") -> ShardStore:
-        root = run_path(data_dir) if data_dir is not None else run_path(tempfile.mkdtemp(prefix="orchestrator-data-"))
+        """The store of `spec`'s data in `data_dir`; None: a temporary folder, removed when
+        the process that made it exits (a preparation outside a run: tests, benchmarks)."""
+        if data_dir is None:
+            data_dir = tempfile.mkdtemp(prefix="orchestrator-data-")
+            atexit.register(shutil.rmtree, data_dir, True)
+        root = run_path(data_dir)
         # The source by where it resolves to: a run launched with a relative path and
         # read back with an absolute one is the same data.
         made_of = json.dumps([spec.data.model_dump(mode="json", exclude={"source"}), str(spec.data_path),
