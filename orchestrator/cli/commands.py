@@ -65,10 +65,10 @@ def _fail(message: str, code: int) -> "typer.Exit":
 
 
 def _load(job: Path, overrides: Optional[List[str]], build: bool = True, recorded: bool = False):
-    spec = _read(job, overrides, recorded)
-    if not recorded:
-        _check_model(job, spec, build=build)
-    return spec
+    from orchestrator.config.loading import load_spec
+
+    with _refused(job):
+        return load_spec(job, overrides, build=build, recorded=recorded)
 
 
 def _read(job: Path, overrides: Optional[List[str]], recorded: bool = False):
