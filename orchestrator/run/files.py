@@ -169,6 +169,31 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+class JsonlAppender:
+    """Appends records to one JSON-lines file as `append_jsonl` does, the file kept open
+    between them: for a record per training step, where opening and closing the file
+    each time cost more than the write. `close` it when done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        if isinstance(self.path, ObjectPath):
+            append_jsonl(self.path, record)
+            return
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        while line:  # one write for a line this short, unless the disk fills
+            line = line[os.write(self._fd, line):]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Complete records of a JSON-lines file; a line still being written is skipped, and
     so is a damaged one (not UTF-8, not JSON, not an object)."""

@@ -10,20 +10,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.run.files import RunFiles, append_jsonl, read_json, read_jsonl
+from orchestrator.run.files import JsonlAppender, RunFiles, append_jsonl, read_json, read_jsonl
 
 
 class MetricsLog:
-    """Appends per-step records to `metrics.jsonl` (on the rank that is `enabled`)."""
+    """Appends per-step records to `metrics.jsonl` (on the rank that is `enabled`), the
+    file kept open until `close`."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.path = RunFiles(run_dir).metrics
         self.enabled = enabled
+        self._appender = JsonlAppender(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         """A record's own `time` (when its step ended) is kept; else it is now."""
         if self.enabled:
-            append_jsonl(self.path, {"time": time.time(), **record})
+            self._appender.append({"time": time.time(), **record})
+
+    def close(self) -> None:
+        self._appender.close()
 
 
 class EventLog:

@@ -23,15 +23,19 @@ class RunTakenOver(RuntimeError):
 
 
 class DirectiveReader:
-    """Polled on every rank after each step; only rank 0 touches the file."""
+    """Polled on every rank after each step; only rank 0 touches the file, at most every
+    LOCAL_POLL_S: read after every step, its open, read and parse took 0.1 ms of a 20 ms
+    step (0.5 %) once the step's arithmetic had left the caches cold; a driver's directive
+    is a human's or a controller's, for which a tenth of a second is no delay."""
 
+    LOCAL_POLL_S = 0.1
     # On object storage a read is a request: rank 0 reads at most this often.
     REMOTE_POLL_S = 1.0
 
     def __init__(self, run_dir: Path, owner: str | None, attempt: int, rank: int,
                  driver_alive: Callable[[], bool] | None = None) -> None:
         self.run_dir = run_dir
-        self.min_interval = self.REMOTE_POLL_S if is_remote(run_dir) else 0.0
+        self.min_interval = self.REMOTE_POLL_S if is_remote(run_dir) else self.LOCAL_POLL_S
         self.last_read = (float("-inf"), Directive.CONTINUE)  # (monotonic time, directive)
         self.owner = owner
         self.attempt = attempt
@@ -57,19 +61,18 @@ class DirectiveReader:
 Agreement = Callable[[], tuple[float, Directive]]
 
 
-def start_agreement(loss_sum: torch.Tensor, local: Directive) -> Agreement:
+def start_agreement(loss_sum: float, count: int, local: Directive) -> Agreement:
     """Start the one all-reduce of what every rank must agree on after a step; the
     returned function waits for it and gives the mean loss over every rank's
-    micro-batches (`loss_sum` is [sum of losses, count], float64) and the strongest
+    micro-batches (this rank's: `count` losses summing to `loss_sum`) and the strongest
     directive any rank saw (a vote per directive; the highest with a vote wins)."""
-    votes = torch.zeros(len(Directive), dtype=torch.float64)
-    votes[int(local)] = 1.0
-    wait = all_reduce_async(torch.cat([loss_sum, votes]))
+    votes = [1.0 if d == local else 0.0 for d in Directive]
+    wait = all_reduce_async(torch.tensor([loss_sum, float(count), *votes], dtype=torch.float64))
 
     def answer() -> tuple[float, Directive]:
-        packed = wait()
-        directive = max(d for d in Directive if packed[2 + int(d)] > 0)
-        return float(packed[0] / packed[1]), directive
+        total, seen, *voted = wait().tolist()
+        directive = max(d for d in Directive if voted[int(d)] > 0)
+        return total / seen, directive
 
     return answer
 

@@ -69,15 +69,17 @@ def train(w: WorkerContext) -> str:
                                     background=w.spec.checkpoint.async_save,
                                     timeout=timedelta(seconds=w.spec.failure.collective_timeout_s),
                                     writer=w.spec.checkpoint.writer)
+    metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
     try:
-        return _train(w, usage, checkpoints)
+        return _train(w, usage, checkpoints, metrics)
     finally:
+        metrics.close()
         checkpoints.close()
         write_usage(w.run_dir, w.rank, w.world_size, w.step, usage.stop())
         flush_logs()  # a run on object storage: this rank's last records, uploaded
 
 
-def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager) -> str:
+def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager, metrics: MetricsLog) -> str:
     spec = w.spec
     layout = batch_layout(spec, w.world_size)
     events = EventLog(w.run_dir, enabled=w.rank == 0)
@@ -91,7 +93,7 @@ def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager
     checkpoints.prepare()
 
     sampler = GlobalBatchSampler(w.data.train.order, layout.global_batch, spec.train.seed)
-    records = StepRecords(MetricsLog(w.run_dir, enabled=w.rank == 0), w.run_dir)
+    records = StepRecords(metrics, w.run_dir)
     loss_fn = loss_function(w.data.task)
     directives = DirectiveReader(w.run_dir, w.owner, w.attempt, w.rank, _driver_watch(w))
     chaos = Chaos(spec.chaos, w.run_dir, w.rank, w.world_size)
@@ -104,10 +106,11 @@ def _train(w: WorkerContext, usage: UsageSampler, checkpoints: CheckpointManager
         started = time.perf_counter()
         lr = attempt.strategy.scheduler.get_last_lr()[0]
         with attempt.profile.step(active=w.step == spec.train.profile_step):
-            loss_sum, grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step, attempt.phases)
+            (loss_sum, count), grad_norm = train_step(w, attempt.strategy, sampler, layout, loss_fn, step,
+                                                      attempt.phases)
         step += 1
         elapsed = time.perf_counter() - started
-        agreement = start_agreement(loss_sum, directives.local())  # overlaps the next step
+        agreement = start_agreement(loss_sum, count, directives.local())  # overlaps the next step
         record = step_record(attempt, sampler, step, lr, grad_norm, elapsed)
         if _due(step, spec.train.validate_every) or step == spec.train.steps:
             record.update(validate(w, attempt.strategy, loss_fn))
@@ -170,9 +173,10 @@ def resume(attempt: Attempt) -> int:
 
 
 def train_step(w, strategy, sampler, layout, loss_fn, step: int,
-               phases: StepPhases) -> tuple[torch.Tensor, float | None]:
+               phases: StepPhases) -> tuple[tuple[float, int], float | None]:
     """One optimizer step over this rank's share of the global batch; returns this rank's
-    [sum of micro-batch losses, count] (reduced over ranks by `agree`) and the grad norm.
+    (sum of micro-batch losses, their count) (reduced over ranks by `start_agreement`) and
+    the grad norm.
     `phases` times its parts."""
     phases.start()
     ids = sampler.rank_batch_ids(step, strategy.dp_rank, strategy.dp_size)
@@ -197,7 +201,7 @@ def train_step(w, strategy, sampler, layout, loss_fn, step: int,
         phases.lap("step_backward_s" if split else "step_compute_s")
     grad_norm = strategy.step(w.spec.train.grad_clip)
     phases.lap("step_optimizer_s")
-    return torch.tensor([float(total), count], dtype=torch.float64), grad_norm
+    return (float(total), count), grad_norm
 
 
 def step_record(attempt: Attempt, sampler, step: int, lr: float,
