@@ -7,10 +7,11 @@ own), with `writer: thread` (copied at the step, written by a thread of the trai
 process), and with `async_save: false` (written before the next step). MLP
 1024-2048-2048-1024-10 (8.4M parameters), AdamW: 100.7 MB of training state
 (parameters and both moments); global batch 256 (or --batch), a checkpoint every 20 steps; at 2
-workers and at 1. Either way every core of the machine trains: a worker gets the cores
+workers and at 1. By default every core of the machine trains: a worker gets the cores
 divided by the workers as torch threads (execution/resources.py), so 1 worker on 2 cores
-trains with 2 threads, and the background write takes CPU from the step. Repeats
-alternate the modes.
+trains with 2 threads, and the background write takes CPU from the step. `--threads 1`
+sets `scaling.threads_per_worker`: 1 worker then leaves a core to the writer, as a GPU
+host's spare cores do. Repeats alternate the modes.
 
 Times are intervals between consecutive steps' ends (the wall-clock time each metrics
 record keeps), so whatever runs between steps is in them:
@@ -24,6 +25,7 @@ record keeps), so whatever runs between steps is in them:
     python benchmarks/checkpoint_stall.py                 # 3 repeats, 100 steps, batch 256
     python benchmarks/checkpoint_stall.py --batch 1024    # longer steps, the same state
     python benchmarks/checkpoint_stall.py --repeats 1     # a quick look
+    python benchmarks/checkpoint_stall.py --workers 1 --threads 1   # a core left to the writer
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def state_megabytes() -> float:
     return 3 * 4 * parameters / 1e6  # fp32 weights and AdamW's two moments
 
 
-def job_yaml(steps: int, mode: dict, workers: int, batch: int) -> str:
+def job_yaml(steps: int, mode: dict, workers: int, batch: int, threads: int | None = None) -> str:
     return json.dumps({
         "name": "checkpoint-stall",
         "model": {"name": "mlp", "options": {"hidden": HIDDEN}},
@@ -66,15 +68,15 @@ def job_yaml(steps: int, mode: dict, workers: int, batch: int) -> str:
         "optimizer": {"name": "adamw", "lr": 0.001},
         "train": {"steps": steps, "seed": 0, "global_batch_size": batch, "micro_batch_size": batch // workers},
         "strategy": {"name": "ddp"},
-        "scaling": {"workers": workers},
+        "scaling": {"workers": workers, "threads_per_worker": threads},
         "checkpoint": {"every_steps": EVERY, "keep": 2, **mode},
     })  # JSON is YAML
 
 
-def measure(steps: int, mode: dict, workers: int, batch: int) -> dict:
+def measure(steps: int, mode: dict, workers: int, batch: int, threads: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="stall-") as scratch:
         work = Path(scratch)
-        (work / "job.yaml").write_text(job_yaml(steps, mode, workers, batch))
+        (work / "job.yaml").write_text(job_yaml(steps, mode, workers, batch, threads))
         command = [sys.executable, "-m", "orchestrator.cli", "launch", str(work / "job.yaml"),
                    "--run-dir", str(work / "run")]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
@@ -102,7 +104,7 @@ def render(args, runs: dict[tuple[int, str], list[dict]]) -> str:
         "# Checkpoint stall: background saves against in-line ones",
         "",
         f"DDP, MLP 1024-2048-2048-1024-10, AdamW: {state_megabytes():.1f} MB of training state; "
-        f"workers of one thread, global batch {args.batch}, a checkpoint every {EVERY} steps, {args.steps} steps; "
+        f"workers of {args.threads or 'the cores divided by the workers as'} threads, global batch {args.batch}, a checkpoint every {EVERY} steps, {args.steps} steps; "
         f"{args.repeats} alternating repeats. Machine: {os.cpu_count()} cores. Ratios are to the "
         "median step of the same run.",
         "",
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--workers", default="2,1")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="scaling.threads_per_worker")
     parser.add_argument("--out", type=Path, default=None, help="default: results/checkpoint_stall_bBATCH.md")
     args = parser.parse_args()
     configurations = [(int(w), mode) for w in args.workers.split(",") for mode in MODES]
@@ -136,7 +139,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         shift = repeat % len(configurations)
         for workers, mode in configurations[shift:] + configurations[:shift]:
-            numbers = measure(args.steps, MODES[mode], workers, args.batch)
+            numbers = measure(args.steps, MODES[mode], workers, args.batch, args.threads)
             runs[(workers, mode)].append(numbers)
             print(json.dumps({"repeat": repeat, "workers": workers, "mode": mode, **numbers}), flush=True)
     report = render(args, runs)

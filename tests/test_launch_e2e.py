@@ -71,13 +71,18 @@ def test_language_model_validation_loss_falls(tmp_path):
 def test_one_and_two_workers_give_the_same_losses(tmp_path):
     """Through the real launcher: DDP at 2 workers equals the 1-worker run step for step.
     The 1-worker run is hosted by Ray Train's TorchTrainer, the 2-worker run by the
-    elastic controller's actors, so both ways of hosting workers are checked."""
+    elastic controller's actors, so both ways of hosting workers are checked. The one
+    worker computes with the one thread `scaling.threads_per_worker` gives it, not with
+    every core."""
     job = ROOT / "tests/jobs/mlp_parity.yaml"
     runs = {}
     for workers, backend in ((1, "ray_train"), (2, "elastic")):
         run_dir = tmp_path / f"w{workers}"
-        launch(job, run_dir, f"scaling.workers={workers}", f"scaling.backend={backend}")
+        launch(job, run_dir, f"scaling.workers={workers}", f"scaling.backend={backend}",
+               *(["scaling.threads_per_worker=1"] if workers == 1 else []))
         runs[workers] = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    started = [e for e in read_jsonl(tmp_path / "w1" / "events.jsonl") if e["event"] == "started"]
+    assert [e["threads"] for e in started] == [1]
     assert len(runs[1]) == len(runs[2]) == 30
     assert runs[2] == pytest.approx(runs[1], rel=1e-5)
 

@@ -194,6 +194,11 @@ class ScalingSection(Section):
     cpus_per_worker: float | None = Field(
         None, gt=0, description="Logical CPUs per worker; default sized to leave room for Ray Data."
     )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="Torch threads each worker computes with; default: the node's cores "
+        "divided by the workers. Fewer leave cores free, for a background checkpoint's writer or for "
+        "data loading."
+    )
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="Extra Ray resources each worker needs, e.g. a custom "
         "node label {trainer: 1} to keep workers on certain nodes."

@@ -57,12 +57,17 @@ def size_workers(spec: JobSpec, cluster: dict[str, float], spares: int, can_grow
                 f"the cluster's {cpus:g} CPUs while keeping {CPUS_KEPT_FOR_DATA:g} for data loading; "
                 "lower scaling.workers or scaling.cpus_per_worker, or add nodes"
             )
-    physical = os.cpu_count() or 1
     workers = scaling.workers if isinstance(scaling.workers, int) else tuple(scaling.workers)
     return WorkerResources(
         workers=workers,
         cpus_per_worker=per_worker,
-        threads_per_worker=max(1, physical // scaling.max_workers),
+        threads_per_worker=worker_threads(spec, scaling.max_workers),
         use_gpu=scaling.use_gpu,
         extra=dict(scaling.worker_resources),
     )
+
+
+def worker_threads(spec: JobSpec, workers: int) -> int:
+    """Torch threads of each of `workers` workers: `scaling.threads_per_worker`, or this
+    node's cores shared among them."""
+    return spec.scaling.threads_per_worker or max(1, (os.cpu_count() or 1) // workers)

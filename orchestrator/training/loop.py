@@ -168,7 +168,8 @@ def resume(attempt: Attempt) -> int:
     if latest is not None:
         step = attempt.checkpoints.load(latest, attempt.strategy.load).step
         attempt.events.write("resumed", step=step, checkpoint=latest.name, world_size=w.world_size)
-    attempt.events.write("started", step=step, world_size=w.world_size, dims=attempt.layout.dims.__dict__)
+    attempt.events.write("started", step=step, world_size=w.world_size, dims=attempt.layout.dims.__dict__,
+                         threads=torch.get_num_threads())
     return step
 
 

@@ -4,14 +4,13 @@ Exercised by: orchestrator verify examples/quickstart.yaml --strategies ddp,fsdp
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.execution.backend import backend_for
 from orchestrator.execution.ray_runtime import refuse_ray_client, start_ray
-from orchestrator.execution.resources import size_workers
+from orchestrator.execution.resources import size_workers, worker_threads
 from orchestrator.verify.check import Reference, VerifyReport
 from orchestrator.verify.layouts import chosen_layouts
 from orchestrator.verify.reference import run_reference
@@ -46,7 +45,7 @@ def _run_all(spec: JobSpec, layouts: dict, steps: int, rtol: float | None, say) 
     # As many threads as a layout's worker gets: a kernel sums in another order with
     # another thread count, which an ill-conditioned model (batch norm over a few values)
     # turns into differences no layout made.
-    threads = min(max(1, (os.cpu_count() or 1) // count) for _, count in layouts.values())
+    threads = min(worker_threads(spec, count) for _, count in layouts.values())
     say(f"reference: {steps} steps of {spec.model.name} in one process ({threads} threads, as a worker)")
     report = reference.run(lambda job, run_dir: run_reference(job, data, run_dir, threads=threads))
 
