@@ -104,7 +104,7 @@ def render(args, runs: dict[tuple[int, str], list[dict]]) -> str:
         "# Checkpoint stall: background saves against in-line ones",
         "",
         f"DDP, MLP 1024-2048-2048-1024-10, AdamW: {state_megabytes():.1f} MB of training state; "
-        f"workers of {args.threads or 'the cores divided by the workers as'} threads, global batch {args.batch}, a checkpoint every {EVERY} steps, {args.steps} steps; "
+        f"workers of {_threads(args.threads)}, global batch {args.batch}, a checkpoint every {EVERY} steps, {args.steps} steps; "
         f"{args.repeats} alternating repeats. Machine: {os.cpu_count()} cores. Ratios are to the "
         "median step of the same run.",
         "",
@@ -123,6 +123,12 @@ def render(args, runs: dict[tuple[int, str], list[dict]]) -> str:
         lines.append(f"| {workers} | {mode} | {median:.1f} | {statistics.median(held):.1f} | "
                      f"{statistics.median(ratios):.3f} | {max(ratios):.3f} | {after:.1f} | {save:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _threads(threads: int | None) -> str:
+    if threads is None:
+        return "the cores divided by the workers as threads"
+    return f"{threads} thread" + ("s" if threads > 1 else "")
 
 
 def main() -> None:

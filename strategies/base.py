@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
 from concurrent.futures import Future
 from copy import deepcopy
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch import nn
 
 from strategies.block_compute import BlockCompute, apply_block_compute
 from strategies.blocks import repeated_blocks
+from strategies.host_copy import host_copier
 from strategies.mesh import ParallelDims
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -317,19 +317,6 @@ def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int
             others.add((key, name))
     return ({n: v for n, v in model_state.items() if ("model", n) not in others},
             {n: v for n, v in optim_state.items() if ("optim", n) not in others})
-
-
-@functools.cache
-def host_copier(device: torch.device, shared: bool = False):
-    """Copies state to host memory, into buffers it keeps from one save to the next:
-    pinned, with copies the device is synchronised on once, for an accelerator.
-    `shared`: into shared memory (another process can map it), on a thread of its own,
-    the copy's future returned at once."""
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-    on_device = device.type != "cpu"
-    return DefaultStager(StagingOptions(use_pinned_memory=on_device, use_shared_memory=shared,
-                                        use_async_staging=shared, use_non_blocking_copy=on_device))
 
 
 def load_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, directory: Path) -> None:

@@ -290,3 +290,49 @@ def test_a_checkpoint_writer_process_runs_at_idle_priority_and_ends_with_its_ran
     while alive(writer["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(writer["pid"])
+
+
+def test_host_copy_reuses_its_shared_buffers_and_holds_the_values_of_its_call():
+    import torch
+
+    from strategies.host_copy import host_copier
+
+    source = {"model": {"w": torch.randn(1000, 100)}, "optim": {"w.exp_avg": torch.randn(7), "step": 3}}
+    copier = host_copier(torch.device("cpu"), shared=True)
+    first = copier.stage(source).result()
+    assert torch.equal(first["model"]["w"], source["model"]["w"]) and first["optim"]["step"] == 3
+    assert first["model"]["w"].is_shared()
+    buffer = first["model"]["w"].data_ptr()
+    source["model"]["w"].add_(1.0)
+    second = copier.stage(source).result()
+    assert second["model"]["w"].data_ptr() == buffer  # the same shared memory, refilled
+    assert torch.equal(second["model"]["w"], source["model"]["w"])
+    assert second["model"]["w"].data_ptr() != source["model"]["w"].data_ptr()
+
+
+def test_host_copy_leaves_the_interpreter_to_the_training_thread_while_it_copies():
+    """A copy on the stager's thread must not hold Python's lock: torch's own storage
+    copy does, and the training thread then runs no Python line until it is done."""
+    import torch
+
+    from strategies.host_copy import copy_bytes
+
+    source = torch.randn(64 * 2**20).untyped_storage()  # 256 MB: a copy of tens of ms
+    target = torch.empty(64 * 2**20).untyped_storage()
+    copy_bytes(target, source)  # its pages touched: the timed copy only copies
+
+    def lines_run_during(copy) -> int:
+        import threading
+
+        started, done, lines = threading.Event(), threading.Event(), 0
+        thread = threading.Thread(target=lambda: (started.set(), copy(), done.set()))
+        thread.start()
+        started.wait()
+        while not done.is_set():
+            lines += 1
+        thread.join()
+        return lines
+
+    held = lines_run_during(lambda: target.copy_(source))  # torch's: the lock held
+    released = lines_run_during(lambda: copy_bytes(target, source))
+    assert released > 5 * max(held, 1), (held, released)
