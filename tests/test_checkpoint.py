@@ -112,8 +112,9 @@ def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, 
 
 # ---- background saves -------------------------------------------------------------------------
 def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, writer: str):
-    """Take one step, start a background checkpoint of it, change the weights before the
-    write can run, and return this rank's weights as they were at the checkpoint's step."""
+    """Twice: start a background checkpoint, change the weights before its write can run,
+    and keep this rank's weights as they were at the checkpoint's step. The second save
+    copies into the buffers of the first (a writer process knows them by then)."""
     import threading
 
     import torch
@@ -127,25 +128,28 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, wr
     strategy = build_strategy(w, batch_layout(spec, world_size))
     manager = CheckpointManager(w.run_dir, keep=2, rank=rank, world_size=world_size, background=True,
                                 writer=writer)
-    held = threading.Event()
+    saves = []
+    for step in (1, 2):
+        held = threading.Event()
 
-    def snapshot(folder, copy):
-        write = strategy.snapshot(folder, copy)
-        return lambda save: (held.wait(60), write(save))
+        def snapshot(folder, copy, held=held):
+            write = strategy.snapshot(folder, copy)
+            return lambda save: (held.wait(60), write(save))
 
-    manager.start_save(TrainerState(1, world_size, world_size, 0), snapshot)
-    strategy.wait_for_copy()  # as the next optimizer step does
-    # As arrays: a tensor would cross the result queue as a shared-memory handle, which its
-    # reader cannot open once this process has exited (a race seen in CI).
-    at_save = {n: p.detach().clone().numpy() for n, p in strategy.model.named_parameters()}
-    with torch.no_grad():
-        for parameter in strategy.model.parameters():
-            parameter.add_(1.0)  # what the next optimizer step would do, before the write
-    unpublished = CheckpointManager.list_checkpoints(w.run_dir)
-    held.set()
-    written = manager.wait()
+        manager.start_save(TrainerState(step, world_size, world_size, 0), snapshot)
+        strategy.wait_for_copy()  # as the next optimizer step does
+        # As arrays: a tensor would cross the result queue as a shared-memory handle, which
+        # its reader cannot open once this process has exited (a race seen in CI).
+        at_save = {n: p.detach().clone().numpy() for n, p in strategy.model.named_parameters()}
+        with torch.no_grad():
+            for parameter in strategy.model.parameters():
+                parameter.add_(1.0)  # what the next optimizer step would do, before the write
+        unpublished = CheckpointManager.list_checkpoints(w.run_dir)
+        held.set()
+        saves.append({"at_save": at_save, "unpublished": [p.name for p in unpublished],
+                      "written": str(manager.wait())})
     manager.close()
-    return {"at_save": at_save, "unpublished": unpublished, "written": str(written)}
+    return saves
 
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
@@ -157,15 +161,16 @@ def test_a_background_checkpoint_holds_the_state_of_its_step(writer, prepared, t
 
     spec = make_spec(JOB)
     results = run_processes(_save_then_train_on, 2, spec, prepared(spec), str(tmp_path), writer)
-    assert [r["unpublished"] for r in results] == [[], []]
-    checkpoint = Path(results[0]["written"])
-    assert checkpoint.name == "step_00000001" and verify(checkpoint) is None
-    dcp_to_torch_save(checkpoint / "state", tmp_path / "state.pt")
-    saved = torch.load(tmp_path / "state.pt", weights_only=True)["model"]
-    for name, array in results[0]["at_save"].items():
-        key, tensor = name.removeprefix("module."), torch.from_numpy(array)
-        assert torch.equal(saved[key], tensor), key
-        assert not torch.equal(saved[key], tensor + 1.0)
+    for step, published_before in ((1, []), (2, ["step_00000001"])):
+        assert [r[step - 1]["unpublished"] for r in results] == [published_before] * 2
+        checkpoint = Path(results[0][step - 1]["written"])
+        assert checkpoint.name == f"step_{step:08d}" and verify(checkpoint) is None
+        dcp_to_torch_save(checkpoint / "state", tmp_path / f"state{step}.pt")
+        saved = torch.load(tmp_path / f"state{step}.pt", weights_only=True)["model"]
+        for name, array in results[0][step - 1]["at_save"].items():
+            key, tensor = name.removeprefix("module."), torch.from_numpy(array)
+            assert torch.equal(saved[key], tensor), (step, key)
+            assert not torch.equal(saved[key], tensor + 1.0)
 
 
 def test_an_error_in_a_background_save_is_raised_at_the_next_wait_and_publishes_nothing(tmp_path):

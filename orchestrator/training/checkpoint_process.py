@@ -8,6 +8,11 @@ memory (on a thread, while the next step's forward and backward run: the strateg
 waits for the copy before its optimizer step), and the writer maps that copy and
 writes it with torch.distributed.checkpoint.
 
+The copy's buffers are the same from one save to the next (strategies/host_copy.py), so
+each is handed to the writer once: a shared buffer crosses the pipe as a file descriptor,
+through a thread of multiprocessing's that the training process would otherwise wake for
+each of them at every save. Later saves send only where each tensor lies in them.
+
 dcp's planning gathers every rank's plan, so the writers of an attempt meet in a gloo
 group of their own, on a store that rank 0's writer hosts. They start with the attempt,
 at idle CPU priority, and end with it (its ranks and world size are the group's); the
@@ -25,16 +30,31 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from orchestrator.training.cpu_priority import run_when_idle
 
 READY = "ready"
 PARENT_CHECK_S = 0.5
+
+
+@dataclass(frozen=True)
+class SharedView:
+    """A tensor of the state, as the writer finds it: in the shared buffer `key`, sent with
+    the first save that uses it (`storage`) and known to the writer after that (None)."""
+
+    key: tuple[int, int]  # the buffer's address and size in the rank's process
+    storage: torch.UntypedStorage | None
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
 
 
 class WriterProcess:
@@ -57,6 +77,9 @@ class WriterProcess:
         starter.join()
         child_end.close()  # so that a writer that dies ends this end's reads
         self._ready = False
+        # The buffers the writer holds, kept alive here: while it does, no other buffer
+        # can take their address and be mistaken for one of them.
+        self._sent: dict[tuple[int, int], torch.UntypedStorage] = {}
 
     def ready(self) -> bool:
         """Whether the writer has joined its group (without waiting).
@@ -83,8 +106,24 @@ class WriterProcess:
         if not self._ready:
             self._answer()  # its READY
             self._ready = True
-        self._connection.send((state, str(directory)))
+        self._connection.send((self._by_reference(state), str(directory)))
         self._answer()
+
+    def _by_reference(self, value: Any) -> Any:
+        """`value` with its tensors in shared memory as SharedViews (other values as they are)."""
+        if isinstance(value, dict):
+            return {key: self._by_reference(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._by_reference(item) for item in value)
+        if type(value) is not torch.Tensor or not value.is_shared():
+            return value
+        storage = value.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        first = key not in self._sent
+        if first:
+            self._sent[key] = storage
+        return SharedView(key, storage if first else None, value.dtype, tuple(value.shape), value.stride(),
+                          value.storage_offset())
 
     def close(self, wait_s: float = 5.0) -> None:
         """End the writer: asked to, waiting up to `wait_s`, then killed."""
@@ -134,7 +173,6 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
     to stop (None) or the rank's process is gone."""
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
     run_when_idle()  # inherited already; said again should the start have been elsewhere
-    import torch
     import torch.distributed.checkpoint as dcp
 
     torch.set_num_threads(1)
@@ -146,6 +184,7 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
     except BaseException:  # told to the rank, which raises it
         connection.send(traceback.format_exc())
         return
+    buffers: dict[tuple[int, int], torch.UntypedStorage] = {}  # the rank's, by key
     while True:
         try:
             request = connection.recv()
@@ -155,13 +194,28 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
             break
         state, directory = request
         try:
-            dcp.save(state, checkpoint_id=directory)
+            dcp.save(_resolved(state, buffers), checkpoint_id=directory)
             answer = None
         except BaseException:  # the save failed: told to the rank, which raises it
             answer = traceback.format_exc()
-        del state, request  # unmaps the shared copy before the rank reuses it
+        del state, request
         connection.send(answer)
     dist.destroy_process_group()
+
+
+def _resolved(value: Any, buffers: dict[tuple[int, int], torch.UntypedStorage]) -> Any:
+    """The state the rank sent, its SharedViews made tensors again (over `buffers`, which
+    the views that carry a buffer add to)."""
+    if isinstance(value, dict):
+        return {key: _resolved(item, buffers) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolved(item, buffers) for item in value)
+    if not isinstance(value, SharedView):
+        return value
+    if value.storage is not None:
+        buffers[value.key] = value.storage
+    tensor = torch.empty(0, dtype=value.dtype)
+    return tensor.set_(buffers[value.key], value.offset, value.shape, value.stride)
 
 
 def _exit_without(parent: int) -> None:
