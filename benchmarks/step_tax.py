@@ -14,7 +14,12 @@ every number is the median over the repeats.
 
     python benchmarks/step_tax.py                           # batches 256 and 2048, 3 repeats
     python benchmarks/step_tax.py --batches 256 --repeats 1 --steps 60   # a quick look
-    python benchmarks/step_tax.py --steps 400 --warmup 150   # past the spare's start
+    python benchmarks/step_tax.py --steps 400 --warmup 150
+    python benchmarks/step_tax.py --set scaling.spares=0     # the orchestrator's job changed
+
+By default the orchestrator's job keeps a warm spare (`scaling.spares: 1`), which starts
+once the first attempt runs, at idle priority, and on 2 cores is still importing during
+the timed steps (about 9 % of a core at batch 2048).
 """
 from __future__ import annotations
 
@@ -54,13 +59,14 @@ def job_yaml(steps: int, global_batch: int) -> str:
     })  # JSON is YAML
 
 
-def command(runner: str, work: Path, steps: int, global_batch: int) -> list[str]:
+def command(runner: str, work: Path, steps: int, global_batch: int, overrides: tuple[str, ...] = ()) -> list[str]:
     python = sys.executable
     out = str(work / "peer.json")
     if runner == "orchestrator":
         job = work / "job.yaml"
         job.write_text(job_yaml(steps, global_batch))
-        return [python, "-m", "orchestrator.cli", "launch", str(job), "--run-dir", str(work / "run")]
+        sets = [arg for override in overrides for arg in ("--set", override)]
+        return [python, "-m", "orchestrator.cli", "launch", str(job), "--run-dir", str(work / "run"), *sets]
     if runner == "torchrun":
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORKERS}",
                 str(PEERS / "torchrun_ddp.py"), "--steps", str(steps), "--global-batch", str(global_batch),
@@ -76,11 +82,11 @@ def step_ends(runner: str, work: Path) -> list[float]:
     return json.loads((work / "peer.json").read_text())["step_ends"]
 
 
-def measure(runner: str, steps: int, global_batch: int, warmup: int = 10) -> dict:
+def measure(runner: str, steps: int, global_batch: int, warmup: int = 10, overrides: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"tax-{runner}-") as scratch:
         work = Path(scratch)
         started = time.time()
-        result = subprocess.run(command(runner, work, steps, global_batch), cwd=ROOT,
+        result = subprocess.run(command(runner, work, steps, global_batch, overrides), cwd=ROOT,
                                 capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if result.returncode != 0:
             raise RuntimeError(f"{runner} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
@@ -96,7 +102,8 @@ def render(args, table: dict) -> str:
         f"DDP, MLP 256-1024-1024-10, AdamW, {WORKERS} workers of one thread, {args.steps} steps, "
         f"timed after the first {args.warmup}; "
         f"median of {args.repeats} alternating repeats (each repeat's value in brackets). "
-        f"Machine: {os.cpu_count()} cores.",
+        f"Machine: {os.cpu_count()} cores."
+        + (f" The orchestrator's job with {', '.join(args.overrides)}." if args.overrides else ""),
         "",
         "    " + shlex.join(["python", "benchmarks/step_tax.py", *sys.argv[1:]]),
         "",
@@ -123,6 +130,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out at the start")
     parser.add_argument("--runners", default=",".join(RUNNERS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="KEY=VALUE for the orchestrator's job (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     runners = args.runners.split(",")
@@ -132,7 +141,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = runners[repeat % len(runners):] + runners[:repeat % len(runners)]
             for runner in order:
-                numbers = measure(runner, args.steps, batch, args.warmup)
+                numbers = measure(runner, args.steps, batch, args.warmup, tuple(args.overrides))
                 table[batch][runner].append(numbers)
                 print(json.dumps({"batch": batch, "repeat": repeat, "runner": runner, **numbers}), flush=True)
     if set(runners) == set(RUNNERS):

@@ -115,7 +115,8 @@ class WriterProcess:
             return {key: self._by_reference(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self._by_reference(item) for item in value)
-        if type(value) is not torch.Tensor or not value.is_shared():
+        # Plain tensors only: a DTensor carries its mesh, and crosses the pipe whole.
+        if type(value) not in (torch.Tensor, torch.nn.Parameter) or not value.is_shared():
             return value
         storage = value.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes())
