@@ -109,12 +109,11 @@ class WriterProcess:
         self._connection.send((self._by_reference(state), str(directory)))
         self._answer()
 
-    def _by_reference(self, value: Any) -> Any:
-        """`value` with its tensors in shared memory as SharedViews (other values as they are)."""
-        if isinstance(value, dict):
-            return {key: self._by_reference(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._by_reference(item) for item in value)
+    def _by_reference(self, state: dict) -> dict:
+        """`state` with its tensors in shared memory as SharedViews (other values as they are)."""
+        return _map_leaves(state, self._view)
+
+    def _view(self, value: Any) -> Any:
         # Plain tensors only: a DTensor carries its mesh, and crosses the pipe whole.
         if type(value) not in (torch.Tensor, torch.nn.Parameter) or not value.is_shared():
             return value
@@ -204,19 +203,26 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
     dist.destroy_process_group()
 
 
-def _resolved(value: Any, buffers: dict[tuple[int, int], torch.UntypedStorage]) -> Any:
+def _resolved(state: dict, buffers: dict[tuple[int, int], torch.UntypedStorage]) -> dict:
     """The state the rank sent, its SharedViews made tensors again (over `buffers`, which
     the views that carry a buffer add to)."""
+    def tensor(value: Any) -> Any:
+        if not isinstance(value, SharedView):
+            return value
+        if value.storage is not None:
+            buffers[value.key] = value.storage
+        return torch.empty(0, dtype=value.dtype).set_(buffers[value.key], value.offset, value.shape, value.stride)
+
+    return _map_leaves(state, tensor)
+
+
+def _map_leaves(value: Any, leaf) -> Any:
+    """`value` rebuilt with `leaf` applied to everything in it that is not a dict, list or tuple."""
     if isinstance(value, dict):
-        return {key: _resolved(item, buffers) for key, item in value.items()}
+        return {key: _map_leaves(item, leaf) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_resolved(item, buffers) for item in value)
-    if not isinstance(value, SharedView):
-        return value
-    if value.storage is not None:
-        buffers[value.key] = value.storage
-    tensor = torch.empty(0, dtype=value.dtype)
-    return tensor.set_(buffers[value.key], value.offset, value.shape, value.stride)
+        return type(value)(_map_leaves(item, leaf) for item in value)
+    return leaf(value)
 
 
 def _exit_without(parent: int) -> None:
