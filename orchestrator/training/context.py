@@ -10,6 +10,7 @@ import torch
 
 from orchestrator.config.spec import JobSpec
 from orchestrator.data.pipeline import PreparedData
+from orchestrator.training.allocator import keep_freed_memory
 
 
 @dataclass
@@ -32,8 +33,9 @@ class WorkerContext:
 
 
 def configure_runtime(spec: JobSpec, threads: int) -> None:
-    """Thread count and determinism for this worker process; once per process."""
+    """Thread count, malloc and determinism for this worker process; once per process."""
     torch.set_num_threads(max(1, threads))
+    keep_freed_memory()
     if spec.train.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
