@@ -16,6 +16,7 @@ every number is the median over the repeats.
     python benchmarks/step_tax.py --batches 256 --repeats 1 --steps 60   # a quick look
     python benchmarks/step_tax.py --steps 400 --warmup 150
     python benchmarks/step_tax.py --set scaling.spares=0     # the orchestrator's job changed
+    python benchmarks/step_tax.py --peers-keep-freed-memory  # the peers with the workers' malloc settings
 
 By default the orchestrator's job keeps a warm spare (`scaling.spares: 1`), which starts
 once the first attempt runs, at idle priority, and on 2 cores is still importing during
@@ -82,12 +83,24 @@ def step_ends(runner: str, work: Path) -> list[float]:
     return json.loads((work / "peer.json").read_text())["step_ends"]
 
 
-def measure(runner: str, steps: int, global_batch: int, warmup: int = 10, overrides: tuple[str, ...] = ()) -> dict:
+def malloc_environment() -> dict[str, str]:
+    """The orchestrator's malloc settings (orchestrator/training/allocator.py), as the
+    environment variables glibc reads at a process's start, for the peers."""
+    from orchestrator.training.allocator import M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD, SETTINGS
+
+    names = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_TOP_PAD: "MALLOC_TOP_PAD_",
+             M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_"}
+    return {names[parameter]: str(value) for parameter, value in SETTINGS.items()}
+
+
+def measure(runner: str, steps: int, global_batch: int, warmup: int = 10, overrides: tuple[str, ...] = (),
+            peer_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(peer_env if runner != "orchestrator" and peer_env else {})}
     with tempfile.TemporaryDirectory(prefix=f"tax-{runner}-") as scratch:
         work = Path(scratch)
         started = time.time()
         result = subprocess.run(command(runner, work, steps, global_batch, overrides), cwd=ROOT,
-                                capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"{runner} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         ends = step_ends(runner, work)
@@ -103,7 +116,9 @@ def render(args, table: dict) -> str:
         f"timed after the first {args.warmup}; "
         f"median of {args.repeats} alternating repeats (each repeat's value in brackets). "
         f"Machine: {os.cpu_count()} cores."
-        + (f" The orchestrator's job with {', '.join(args.overrides)}." if args.overrides else ""),
+        + (f" The orchestrator's job with {', '.join(args.overrides)}." if args.overrides else "")
+        + (" The peers run with the orchestrator's malloc settings (glibc keeps freed memory)."
+           if args.peers_keep_freed_memory else ""),
         "",
         "    " + shlex.join(["python", "benchmarks/step_tax.py", *sys.argv[1:]]),
         "",
@@ -132,8 +147,11 @@ def main() -> None:
     parser.add_argument("--runners", default=",".join(RUNNERS))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE for the orchestrator's job (repeatable)")
+    parser.add_argument("--peers-keep-freed-memory", action="store_true",
+                        help="run the peers with the malloc settings every orchestrator worker sets itself")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    peer_env = malloc_environment() if args.peers_keep_freed_memory else None
     runners = args.runners.split(",")
     table: dict[int, dict[str, list[dict]]] = {}
     for batch in (int(b) for b in args.batches.split(",")):
@@ -141,7 +159,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = runners[repeat % len(runners):] + runners[:repeat % len(runners)]
             for runner in order:
-                numbers = measure(runner, args.steps, batch, args.warmup, tuple(args.overrides))
+                numbers = measure(runner, args.steps, batch, args.warmup, tuple(args.overrides), peer_env)
                 table[batch][runner].append(numbers)
                 print(json.dumps({"batch": batch, "repeat": repeat, "runner": runner, **numbers}), flush=True)
     if set(runners) == set(RUNNERS):
