@@ -13,7 +13,10 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 def ray_session():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    from orchestrator.compat.ray import init_without_dashboard_head
+
+    # As `orchestrator launch` starts its embedded Ray, so every test runs without the head.
+    init_without_dashboard_head(address="local", num_cpus=2, log_to_driver=False, logging_level="WARNING")
     from ray.data import DataContext
 
     context = DataContext.get_current()

@@ -26,3 +26,15 @@ def test_the_head_node_is_recognised(ray_session):
         return ray_compat.on_head_node()
 
     assert ray.get(where.remote()) is True  # the embedded Ray is one node, the head
+
+
+def test_the_embedded_ray_runs_without_a_dashboard_head(ray_session):
+    """The session's Ray is started as `launch` starts its own (conftest.ray_session):
+    no dashboard process, and Ray's own start_api_server back in place afterwards."""
+    import ray._private.services as services
+    from ray._private import ray_constants
+    from ray._private.worker import _global_node
+
+    assert ray_constants.PROCESS_TYPE_DASHBOARD not in _global_node.all_processes
+    assert services.start_api_server.__module__ == "ray._private.services"
+    assert ray.get(ray.remote(lambda: 1).remote()) == 1

@@ -76,6 +76,32 @@ def draining_nodes() -> dict[str, float]:
             for node, deadline_ms in state.get_draining_nodes().items()}
 
 
+def init_without_dashboard_head(**init_args) -> None:
+    """`ray.init(**init_args)` for an embedded Ray started with `include_dashboard=False`,
+    without the dashboard head process.
+
+    With `include_dashboard=False` Ray still starts its dashboard head, loading only
+    the usage-stats module, and `ray.init` waits for it to register before it starts
+    the raylet: 1-2 s of a 3-5 s start on 2 cores (benchmarks/results/startup.md).
+    Such a head serves nothing (no Jobs API, no state API, no UI); no public option
+    leaves it out. Only this call is affected: Ray's function is put back after it."""
+    import ray
+    import ray._private.services as services
+
+    start_api_server = services.start_api_server
+
+    def no_dashboard(include_dashboard, *args, **kwargs):
+        if include_dashboard:
+            return start_api_server(include_dashboard, *args, **kwargs)
+        return None, None  # Node.start_api_server: no URL, no process to watch
+
+    services.start_api_server = no_dashboard
+    try:
+        ray.init(include_dashboard=False, **init_args)
+    finally:
+        services.start_api_server = start_api_server
+
+
 def check() -> None:
     """Raise when the running Ray lacks what this module relies on.
 
@@ -83,8 +109,14 @@ def check() -> None:
         RuntimeError: naming the installed and the tested version.
     """
     import ray
+    import ray._private.services as services
     from ray._private.state import state
 
+    if not hasattr(services, "start_api_server"):
+        raise RuntimeError(
+            f"Ray {ray.__version__} has no ray._private.services.start_api_server (checked with Ray "
+            f"{TESTED_VERSION}); orchestrator/compat/ray.py needs updating"
+        )
     if not hasattr(state, "get_draining_nodes"):
         raise RuntimeError(
             f"Ray {ray.__version__} has no ray._private.state.state.get_draining_nodes (checked with Ray "

@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 
+from orchestrator.compat.ray import init_without_dashboard_head
 from orchestrator.errors import ResourceError
 
 
@@ -52,10 +53,9 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
         return False
     # address="local": start a new Ray even when another one runs on this machine
     # (without it ray.init joins the newest local cluster it finds).
-    ray.init(
+    init_without_dashboard_head(
         address="local",
         num_cpus=os.cpu_count(),
-        include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env=runtime_env,
