@@ -1,0 +1,126 @@
+"""Page faults and step time of one training process under three malloc settings.
+
+- `default`: glibc's own;
+- `workers`: what every orchestrator worker sets (orchestrator/training/allocator.py);
+- `no_mmap`: that and `M_MMAP_MAX=0`, so blocks above glibc's 32 MiB ceiling for the
+  mmap threshold come from the heap too, instead of being mapped and unmapped each step.
+
+A transformers GPT-2 built from a config (random weights: 4 layers, 256 wide, vocab
+8000, 256 tokens a sample) trains on a thread, as a worker's loop does, with AdamW, one
+torch thread. Each variant runs in a fresh process (malloc's settings are per process);
+the variants alternate, and every number is the median over the repeats of each
+process's median step (steps 4-11 of 12). Peak RSS is the process's.
+
+    python benchmarks/allocator_faults.py                 # batch 8, 3 repeats
+    python benchmarks/allocator_faults.py --batch 4 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults.md"
+VARIANTS = ("default", "workers", "no_mmap")
+M_MMAP_MAX = -4
+STEPS, TIMED_FROM = 12, 4
+
+
+def one_process(variant: str, batch: int) -> None:
+    import ctypes
+    import resource
+    import threading
+    import time
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from orchestrator.training.allocator import keep_freed_memory
+
+    torch.set_num_threads(1)
+    if variant != "default" and not keep_freed_memory():
+        raise SystemExit("glibc's malloc settings could not be applied here")
+    if variant == "no_mmap" and ctypes.CDLL(None).mallopt(M_MMAP_MAX, 0) != 1:
+        raise SystemExit("mallopt(M_MMAP_MAX, 0) failed")
+    model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=8000, n_positions=256))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, 8000, (batch, 256), generator=torch.Generator().manual_seed(0))
+    faults, seconds = [], []
+
+    def train() -> None:
+        for _ in range(STEPS):
+            before, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            seconds.append(time.perf_counter() - started)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    print(json.dumps({
+        "faults": statistics.median(faults[TIMED_FROM:]),
+        "step_ms": 1000 * statistics.median(seconds[TIMED_FROM:]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+def measure(variant: str, batch: int) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--one", variant, "--batch", str(batch)],
+                            cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{variant} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def render(args, runs: dict[str, list[dict]]) -> str:
+    lines = [
+        "# Page faults and step time under three malloc settings",
+        "",
+        f"transformers GPT-2 from a config (4 layers, 256 wide, vocab 8000), batch {args.batch} x 256 "
+        f"tokens, AdamW, one torch thread, trained on a thread; median of {args.repeats} alternating "
+        "repeats (each repeat's value in brackets).",
+        "",
+        "    " + shlex.join(["python", "benchmarks/allocator_faults.py", *sys.argv[1:]]),
+        "",
+        "| malloc | faults / step | step (ms) | vs default | peak RSS (MB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    base = statistics.median(r["step_ms"] for r in runs["default"])
+    for variant in VARIANTS:
+        step = statistics.median(r["step_ms"] for r in runs[variant])
+        each = ", ".join(f"{r['step_ms']:.0f}" for r in runs[variant])
+        lines.append(f"| {variant} | {statistics.median(r['faults'] for r in runs[variant]):,.0f} | "
+                     f"{step:.0f} ({each}) | {step / base:.3f} | "
+                     f"{statistics.median(r['peak_rss_mb'] for r in runs[variant]):,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--one", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.one:
+        one_process(args.one, args.batch)
+        return
+    runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
+    for repeat in range(args.repeats):
+        for variant in VARIANTS[repeat % 3:] + VARIANTS[:repeat % 3]:
+            runs[variant].append(measure(variant, args.batch))
+            print(json.dumps({"repeat": repeat, "variant": variant, **runs[variant][-1]}), flush=True)
+    report = render(args, runs)
+    args.out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
