@@ -31,6 +31,9 @@ SETTINGS = {
     M_TOP_PAD: 256 << 20,
     # Blocks under 32 MiB (glibc's own ceiling for its sliding threshold) come from a heap,
     # where they can be reused, rather than from an mmap of their own that free unmaps.
+    # Larger ones (a language model's logits) are still mapped afresh each step: glibc
+    # refuses a higher threshold, and no mmap at all would keep every host-memory spike
+    # resident (benchmarks/results/allocator_faults.md).
     M_MMAP_THRESHOLD: 32 << 20,
 }
 
