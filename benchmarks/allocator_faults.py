@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults.md"
 VARIANTS = ("default", "workers", "no_mmap")
-M_MMAP_MAX = -4
 STEPS, TIMED_FROM = 12, 4
 
 
@@ -40,7 +39,7 @@ def one_process(variant: str, batch: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from orchestrator.training.allocator import keep_freed_memory
+    from orchestrator.training.allocator import M_MMAP_MAX, keep_freed_memory
 
     torch.set_num_threads(1)
     if variant != "default" and not keep_freed_memory():

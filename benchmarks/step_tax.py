@@ -83,16 +83,6 @@ def step_ends(runner: str, work: Path) -> list[float]:
     return json.loads((work / "peer.json").read_text())["step_ends"]
 
 
-def malloc_environment() -> dict[str, str]:
-    """The orchestrator's malloc settings (orchestrator/training/allocator.py), as the
-    environment variables glibc reads at a process's start, for the peers."""
-    from orchestrator.training.allocator import M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD, SETTINGS
-
-    names = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_TOP_PAD: "MALLOC_TOP_PAD_",
-             M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_"}
-    return {names[parameter]: str(value) for parameter, value in SETTINGS.items()}
-
-
 def measure(runner: str, steps: int, global_batch: int, warmup: int = 10, overrides: tuple[str, ...] = (),
             peer_env: dict[str, str] | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(peer_env if runner != "orchestrator" and peer_env else {})}
@@ -151,7 +141,9 @@ def main() -> None:
                         help="run the peers with the malloc settings every orchestrator worker sets itself")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    peer_env = malloc_environment() if args.peers_keep_freed_memory else None
+    from orchestrator.training.allocator import as_environment
+
+    peer_env = as_environment() if args.peers_keep_freed_memory else None
     runners = args.runners.split(",")
     table: dict[int, dict[str, list[dict]]] = {}
     for batch in (int(b) for b in args.batches.split(",")):

@@ -61,3 +61,10 @@ def test_malloc_settings_the_user_chose_are_kept():
     chosen = run_steps("keep", MALLOC_TRIM_THRESHOLD_="0")
     assert chosen["kept"] is False
     assert min(chosen["faults"]) > 10_000
+
+
+def test_the_settings_as_environment_variables_have_the_same_effect():
+    """The form benchmarks/step_tax.py gives the peers: glibc reads it at start-up."""
+    from orchestrator.training.allocator import as_environment
+
+    assert max(run_steps("default", **as_environment())["faults"]) < 100

@@ -22,6 +22,11 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4  # not set here (benchmarks/results/allocator_faults.md says why)
+
+# The environment variables glibc reads for the same settings when a process starts.
+ENVIRONMENT_NAMES = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_TOP_PAD: "MALLOC_TOP_PAD_",
+                     M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_", M_MMAP_MAX: "MALLOC_MMAP_MAX_"}
 
 SETTINGS = {
     # Free memory at the top of a heap is given back only above 1 GiB.
@@ -36,6 +41,12 @@ SETTINGS = {
     # resident (benchmarks/results/allocator_faults.md).
     M_MMAP_THRESHOLD: 32 << 20,
 }
+
+
+def as_environment() -> dict[str, str]:
+    """SETTINGS as environment variables, for a process that does not call
+    keep_freed_memory itself (a peer loop in benchmarks/step_tax.py)."""
+    return {ENVIRONMENT_NAMES[parameter]: str(value) for parameter, value in SETTINGS.items()}
 
 
 def user_chose_malloc_settings(environ=os.environ) -> bool:
