@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from alternation import rotated
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults.md"
 VARIANTS = ("default", "workers", "no_mmap")
@@ -113,7 +114,7 @@ def main() -> None:
         return
     runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     for repeat in range(args.repeats):
-        for variant in VARIANTS[repeat % 3:] + VARIANTS[:repeat % 3]:
+        for variant in rotated(VARIANTS, repeat):
             runs[variant].append(measure(variant, args.batch))
             print(json.dumps({"repeat": repeat, "variant": variant, **runs[variant][-1]}), flush=True)
     report = render(args, runs)

@@ -39,6 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from alternation import rotated
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WARMUP = 5
@@ -143,8 +144,7 @@ def main() -> None:
     configurations = [(int(w), mode) for w in args.workers.split(",") for mode in MODES]
     runs: dict[tuple[int, str], list[dict]] = {c: [] for c in configurations}
     for repeat in range(args.repeats):
-        shift = repeat % len(configurations)
-        for workers, mode in configurations[shift:] + configurations[:shift]:
+        for workers, mode in rotated(configurations, repeat):
             numbers = measure(args.steps, MODES[mode], workers, args.batch, args.threads)
             runs[(workers, mode)].append(numbers)
             print(json.dumps({"repeat": repeat, "workers": workers, "mode": mode, **numbers}), flush=True)

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alternation import rotated
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "startup.md"
 PHASES = ("to attempt", "to started", "to step 1")
@@ -83,8 +84,7 @@ def main() -> None:
         checkouts["--against"] = args.against.resolve()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     for repeat in range(args.repeats):
-        order = list(checkouts) if repeat % 2 == 0 else list(reversed(checkouts))
-        for name in order:
+        for name in rotated(list(checkouts), repeat):
             runs[name].append(measure(checkouts[name]))
             print(json.dumps({"repeat": repeat, "checkout": name, **runs[name][-1]}), flush=True)
     report = render(args, runs)

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alternation import rotated
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
 RESULTS = ROOT / "benchmarks" / "results" / "step_tax.md"
@@ -149,8 +150,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         table[batch] = {r: [] for r in runners}
         for repeat in range(args.repeats):
-            order = runners[repeat % len(runners):] + runners[:repeat % len(runners)]
-            for runner in order:
+            for runner in rotated(runners, repeat):
                 numbers = measure(runner, args.steps, batch, args.warmup, tuple(args.overrides), peer_env)
                 table[batch][runner].append(numbers)
                 print(json.dumps({"batch": batch, "repeat": repeat, "runner": runner, **numbers}), flush=True)
