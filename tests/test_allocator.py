@@ -12,40 +12,71 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
-# Twelve 8 MiB blocks taken, written and freed, ten times, as a step's activations are:
-# prints the minor page faults of each of the last five rounds, and what keep_freed_memory said.
-STEPS = """
+LIBC = """
 import ctypes, json, resource, sys
-from orchestrator.training.allocator import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+"""
+
+# Blocks of argv[2] MiB (twelve of 8 MiB, by default) taken, written and freed, ten times,
+# as a step's activations are: prints the minor page faults of each of the last five
+# rounds, and what keep_freed_memory said.
+STEPS = LIBC + """
+from orchestrator.training.allocator import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+size, count = (int(sys.argv[2]), 96 // int(sys.argv[2])) if len(sys.argv) > 2 else (8, 12)
 faults = []
 for step in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [libc.malloc(8 << 20) for _ in range(12)]
+    blocks = [libc.malloc(size << 20) for _ in range(count)]
     for block in blocks:
-        libc.memset(block, 1, 8 << 20)
+        libc.memset(block, 1, size << 20)
     for block in blocks:
         libc.free(block)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"kept": kept, "faults": faults[5:]}))
 """
 
+# A one-off spike (ten blocks of 48 MiB, as a resume's loaded state) taken and freed below
+# a block still in use; prints resident memory before it, after the free, and after
+# give_back_freed_memory (MB).
+SPIKE = LIBC + """
+from orchestrator.training.allocator import give_back_freed_memory, keep_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+kept = keep_freed_memory()
+before = rss()
+spike = [libc.malloc(48 << 20) for _ in range(10)]
+for block in spike:
+    libc.memset(block, 1, 48 << 20)
+live = libc.malloc(1 << 20)
+libc.memset(live, 1, 1 << 20)
+for block in spike:
+    libc.free(block)
+freed = rss()
+given_back = give_back_freed_memory()
+print(json.dumps({"kept": kept, "given_back": given_back, "freed": freed - before, "after": rss() - before}))
+"""
 
-def run_steps(mode: str, **environ: str) -> dict:
+
+def run_script(script: str, *args: str, **environ: str) -> dict:
     env = {name: value for name, value in os.environ.items()
            if not (name.startswith("MALLOC_") or name == "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", STEPS, mode], env={**env, **environ},
+    out = subprocess.run([sys.executable, "-c", script, *args], env={**env, **environ},
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
+
+
+def run_steps(*args: str, **environ: str) -> dict:
+    return run_script(STEPS, *args, **environ)
 
 
 def test_freed_memory_is_kept_for_the_next_step():
@@ -55,6 +86,21 @@ def test_freed_memory_is_kept_for_the_next_step():
     # By default every round maps 96 MiB afresh: about 24,000 faults of 4 KiB each.
     assert min(default["faults"]) > 10_000
     assert max(kept["faults"]) < 100
+
+
+def test_blocks_above_the_mmap_ceiling_are_kept_too():
+    """A language model's logits: above 32 MiB, glibc maps a block afresh each time by default."""
+    default = run_steps("default", "48")
+    kept = run_steps("keep", "48")
+    assert min(default["faults"]) > 10_000  # 2 x 48 MiB a round, mapped and unmapped
+    assert max(kept["faults"]) < 100
+
+
+def test_a_one_off_spike_is_given_back():
+    spike = run_script(SPIKE)
+    assert spike["kept"] is True and spike["given_back"] is True
+    assert spike["freed"] > 400  # with no mmap, freed below a live block, it stays resident
+    assert spike["after"] < 50
 
 
 def test_malloc_settings_the_user_chose_are_kept():
@@ -68,3 +114,24 @@ def test_the_settings_as_environment_variables_have_the_same_effect():
     from orchestrator.training.allocator import as_environment
 
     assert max(run_steps("default", **as_environment())["faults"]) < 100
+
+
+# configure_runtime, as a worker calls it, for the quickstart job: prints whether the
+# malloc settings are in force afterwards.
+CONFIGURED = """
+import json, sys
+from orchestrator.config.loading import read_spec
+from orchestrator.training import allocator
+from orchestrator.training.context import configure_runtime
+spec = read_spec(sys.argv[1], sys.argv[2:])
+configure_runtime(spec, 1)
+print(json.dumps({"applied": allocator._applied}))
+"""
+
+
+def test_only_workers_that_train_on_the_host_take_the_settings():
+    """A GPU worker's step allocates on the device; what it frees on the host (a model built
+    there, then moved) goes back to the kernel as glibc would have it."""
+    job = str(Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml")
+    assert run_script(CONFIGURED, job)["applied"] is True
+    assert run_script(CONFIGURED, job, "scaling.use_gpu=true")["applied"] is False

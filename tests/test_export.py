@@ -48,7 +48,8 @@ def _export(job_model, strategy, workers, prepared, tmp_path):
     "job_model,strategy,workers",
     [
         (GPT2, {"name": "fsdp"}, 2),
-        (GPT2, {"name": "zero", "stage": 3}, 2),
+        # slow; gpt2-fsdp keeps a sharded export of the same model in the default tier
+        pytest.param(GPT2, {"name": "zero", "stage": 3}, 2, marks=pytest.mark.slow),
         (LLAMA, {"name": "tensor", "tp": 2, "plan": "auto"}, 2),
     ],
     ids=["gpt2-fsdp", "gpt2-zero3", "llama-tensor-auto"],

@@ -125,6 +125,7 @@ def test_under_ray_train_every_failure_is_listed_too_and_a_failed_runs_status_sh
     assert status["error"] and status["error"] == summary["error"].splitlines()[0]
 
 
+@pytest.mark.slow  # half a minute: Ray Train's group; the elastic backend's report is in the default tier
 def test_under_ray_train_the_error_reads_the_same_without_a_traceback(tmp_path):
     result, _ = launch(tmp_path, "scaling.backend=ray_train", "failure.max_failures=0", "train.steps=8",
                        "model.name=tests.failing_models:raises_at_step", "model.options={step: 5}")

@@ -8,9 +8,12 @@ next step takes them again, zeroed, one page fault per 4 KiB. A DDP worker at gl
 (benchmarks/results/step_tax_page_faults.md). Told to keep what it frees, it faults
 almost never after the first steps.
 
-The cost is resident memory: a worker holds on to its peak use (up to the trim threshold)
-instead of giving it back between steps. A user who sets glibc's malloc settings
-themselves (any `MALLOC_*_` variable, or `glibc.malloc` tunables) keeps theirs.
+The cost is resident memory: a worker holds on to its peak use instead of giving it back
+between steps. Where a one-off spike passes (a resume's loaded state), `give_back_freed_memory`
+returns it. Only workers that train on the host take these settings: a GPU worker's step
+allocates on the device, and the host memory it frees (a model built on the host, then
+moved) should go back. A user who sets glibc's malloc settings themselves (any `MALLOC_*_`
+variable, or `glibc.malloc` tunables) keeps theirs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4  # not set here (benchmarks/results/allocator_faults.md says why)
+M_MMAP_MAX = -4
 
 # The environment variables glibc reads for the same settings when a process starts.
 ENVIRONMENT_NAMES = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_TOP_PAD: "MALLOC_TOP_PAD_",
@@ -36,11 +39,14 @@ SETTINGS = {
     M_TOP_PAD: 256 << 20,
     # Blocks under 32 MiB (glibc's own ceiling for its sliding threshold) come from a heap,
     # where they can be reused, rather than from an mmap of their own that free unmaps.
-    # Larger ones (a language model's logits) are still mapped afresh each step: glibc
-    # refuses a higher threshold, and no mmap at all would keep every host-memory spike
-    # resident (benchmarks/results/allocator_faults.md).
     M_MMAP_THRESHOLD: 32 << 20,
+    # Larger ones too (a language model's logits: 65 MB for GPT-2 at batch 8 x 256 tokens,
+    # vocab 8000): glibc refuses a threshold above 32 MiB, and would otherwise map and
+    # unmap them every step (benchmarks/results/allocator_faults.md: 48,000 faults a step
+    # left, 7 % of it). A thread's arena still maps a block larger than its 64 MiB heaps.
+    M_MMAP_MAX: 0,
 }
+_applied = False  # whether this process runs under SETTINGS
 
 
 def as_environment() -> dict[str, str]:
@@ -57,10 +63,24 @@ def user_chose_malloc_settings(environ=os.environ) -> bool:
 def keep_freed_memory() -> bool:
     """Apply SETTINGS to this process's malloc; True if they were applied. Best effort:
     other C libraries (macOS, musl) and user-chosen settings are left as they are."""
+    global _applied
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_chose_malloc_settings():
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
+    _applied = all(mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
+    return _applied
+
+
+def give_back_freed_memory() -> bool:
+    """Return the free memory of malloc's heaps to the kernel, after a one-off spike (a
+    resume's loaded state); True if it was returned. Under SETTINGS nothing else would:
+    with no mmap, a large block freed below a live one stays resident for the rest of the
+    run. malloc_trim(0) also releases free pages inside a heap, not only its top. The next
+    step faults in again what it then takes, once."""
+    if not _applied:
+        return False
+    ctypes.CDLL(None).malloc_trim(0)
+    return True

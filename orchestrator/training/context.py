@@ -35,7 +35,8 @@ class WorkerContext:
 def configure_runtime(spec: JobSpec, threads: int) -> None:
     """Thread count, malloc and determinism for this worker process; once per process."""
     torch.set_num_threads(max(1, threads))
-    keep_freed_memory()
+    if not spec.scaling.use_gpu:  # where the step's tensors live in host memory
+        keep_freed_memory()
     if spec.train.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -24,6 +24,7 @@ from orchestrator.run.control import Directive, process_alive
 from orchestrator.run.export import write_model_card, write_weights
 from orchestrator.run.files import RunFiles, flush_logs
 from orchestrator.run.records import EventLog, MetricsLog
+from orchestrator.training.allocator import give_back_freed_memory
 from orchestrator.training.audit import record_sample_ids
 from orchestrator.training.batches import batch_tensors
 from orchestrator.training.chaos import Chaos
@@ -167,6 +168,7 @@ def resume(attempt: Attempt) -> int:
     latest = attempt.checkpoints.latest_valid()
     if latest is not None:
         step = attempt.checkpoints.load(latest, attempt.strategy.load).step
+        give_back_freed_memory()  # what the files were read into, now in the model
         attempt.events.write("resumed", step=step, checkpoint=latest.name, world_size=w.world_size)
     attempt.events.write("started", step=step, world_size=w.world_size, dims=attempt.layout.dims.__dict__,
                          threads=torch.get_num_threads())
