@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alternation import rotated
+from alternation import alternate
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults.md"
 VARIANTS = ("default", "mmap_above_32mib", "workers")
@@ -138,11 +138,7 @@ def main() -> None:
     if args.one:
         one_process(args.one, args.batch, args.vocab)
         return
-    runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
-    for repeat in range(args.repeats):
-        for variant in rotated(VARIANTS, repeat):
-            runs[variant].append(measure(variant, args.batch, args.vocab))
-            print(json.dumps({"repeat": repeat, "variant": variant, **runs[variant][-1]}), flush=True)
+    runs = alternate(VARIANTS, args.repeats, lambda variant: measure(variant, args.batch, args.vocab))
     report = render(args, runs)
     args.out.write_text(report)
     print(report)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alternation import rotated
+from alternation import alternate
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "benchmarks" / "jobs" / "gpt2_logits.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults_in_a_job.md"
@@ -88,11 +88,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     checkouts = {"this checkout": ROOT, f"--against ({args.against.name})": args.against}
-    runs: dict[str, list[dict]] = {name: [] for name in checkouts}
-    for repeat in range(args.repeats):
-        for name in rotated(tuple(checkouts), repeat):
-            runs[name].append(measure(checkouts[name]))
-            print(json.dumps({"repeat": repeat, "checkout": name, **runs[name][-1]}), flush=True)
+    runs = alternate(tuple(checkouts), args.repeats, lambda name: measure(checkouts[name]), "checkout")
     report = render(args, runs)
     args.out.write_text(report)
     print(report)

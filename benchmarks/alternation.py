@@ -6,7 +6,8 @@ like with like. With two variants this alternates them.
 """
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+import json
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -15,3 +16,15 @@ def rotated(variants: Sequence[T], repeat: int) -> list[T]:
     """`variants` starting at the one `repeat` points to."""
     shift = repeat % len(variants)
     return list(variants[shift:]) + list(variants[:shift])
+
+
+def alternate(variants: Sequence[T], repeats: int, measure: Callable[[T], dict],
+              label: str = "variant") -> dict[T, list[dict]]:
+    """Each variant's `measure(variant)`, `repeats` times, the variants rotated repeat after
+    repeat. Each result is printed as it comes, as progress through a long run."""
+    runs: dict[T, list[dict]] = {variant: [] for variant in variants}
+    for repeat in range(repeats):
+        for variant in rotated(variants, repeat):
+            runs[variant].append(measure(variant))
+            print(json.dumps({"repeat": repeat, label: str(variant), **runs[variant][-1]}), flush=True)
+    return runs

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alternation import rotated
+from alternation import alternate
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "startup.md"
 PHASES = ("to attempt", "to started", "to step 1")
@@ -82,11 +82,7 @@ def main() -> None:
     checkouts = {"this checkout": ROOT}
     if args.against is not None:
         checkouts["--against"] = args.against.resolve()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
-    for repeat in range(args.repeats):
-        for name in rotated(list(checkouts), repeat):
-            runs[name].append(measure(checkouts[name]))
-            print(json.dumps({"repeat": repeat, "checkout": name, **runs[name][-1]}), flush=True)
+    runs = alternate(list(checkouts), args.repeats, lambda name: measure(checkouts[name]), "checkout")
     report = render(args, runs)
     args.out.write_text(report)
     print(report)
