@@ -57,7 +57,6 @@ def one_process(variant: str, batch: int, vocab: int) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (batch, 256), generator=torch.Generator().manual_seed(0))
     faults, seconds = [], []
-
     rss: dict[str, float] = {}
 
     def step() -> None:

@@ -28,14 +28,28 @@ RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults_in_a_job.md"
 FROM_STEP, TO_STEP = 12, 32
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command's name: state, ppid, ... (proc(5), from field 3)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def minor_faults(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return int(stat_fields(pid)[7])
 
 
-def train_workers() -> list[int]:
-    """The processes of the run's worker actors (Ray names them after the actor class)."""
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        pid = int(stat_fields(pid)[1])
+        if pid == ancestor:
+            return True
+    return False
+
+
+def train_workers(launch_pid: int) -> list[int]:
+    """The processes of this launch's worker actors (Ray names them after the actor class;
+    the embedded Ray's raylet, their parent, is the launch's child), not another run's."""
     found = subprocess.run(["pgrep", "-f", "ray::TrainWorker"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
+    return [int(pid) for pid in found.split() if descends_from(int(pid), launch_pid)]
 
 
 def measure(checkout: Path) -> dict:
@@ -50,7 +64,7 @@ def measure(checkout: Path) -> dict:
             while launch.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < step):
                 time.sleep(0.05)
             record = json.loads(metrics.read_text().splitlines()[step - 1]) if launch.poll() is None else None
-            marks.append((record, {pid: minor_faults(pid) for pid in train_workers()}))
+            marks.append((record, {pid: minor_faults(pid) for pid in train_workers(launch.pid)}))
         error = launch.communicate()[1]
         if launch.returncode != 0 or any(record is None for record, _ in marks):
             raise RuntimeError(f"launch from {checkout} failed:\n{error[-3000:]}")
