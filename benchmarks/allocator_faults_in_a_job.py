@@ -1,13 +1,16 @@
 """Page faults and step time of the workers of a real launch, against another checkout.
 
 `orchestrator launch benchmarks/jobs/gpt2_logits.yaml` (a transformers GPT-2 from a
-config, DDP on 2 CPU workers of the embedded Ray) from this checkout and from `--against`
-(e.g. `git worktree add /tmp/before REV`), alternately. For each launch: each worker's
-minor page faults (`/proc/PID/stat`) per step between steps 12 and 32, and the mean step
-time over the same steps, from metrics.jsonl. allocator_faults.py measures the same in one
-process; this shows it holds in the workers Ray starts.
+config, DDP on 2 CPU workers of the embedded Ray; `--job` another) from this checkout and
+from `--against` (e.g. `git worktree add /tmp/before REV`), alternately. For each launch:
+each worker's minor page faults (`/proc/PID/stat`) per step between steps 12 and 32
+(`--window`), and the mean step time over the same steps, from metrics.jsonl.
+allocator_faults.py measures the same in one process; this shows it holds in the workers
+Ray starts.
 
     python benchmarks/allocator_faults_in_a_job.py --against /tmp/before --repeats 2
+    python benchmarks/allocator_faults_in_a_job.py --against /tmp/before \
+        --job benchmarks/jobs/gpt2_large_vocab.yaml --out benchmarks/results/allocator_faults_large_vocab.md
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ from alternation import alternate
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "benchmarks" / "jobs" / "gpt2_logits.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "allocator_faults_in_a_job.md"
-FROM_STEP, TO_STEP = 12, 32
 
 
 def stat_fields(pid: int) -> list[str]:
@@ -52,15 +54,16 @@ def train_workers(launch_pid: int) -> list[int]:
     return [int(pid) for pid in found.split() if descends_from(int(pid), launch_pid)]
 
 
-def measure(checkout: Path) -> dict:
+def measure(checkout: Path, args) -> dict:
     """One launch from `checkout` (its code first on the path: the command runs there)."""
+    sets = [arg for override in args.overrides for arg in ("--set", override)]
     with tempfile.TemporaryDirectory(prefix="faults-") as scratch:
         metrics = Path(scratch) / "run" / "metrics.jsonl"
-        launch = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", str(JOB), "--run-dir",
-                                   str(metrics.parent)], cwd=checkout, stdout=subprocess.DEVNULL,
+        launch = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "launch", str(args.job.resolve()),
+                                   "--run-dir", str(metrics.parent), *sets], cwd=checkout, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True)
         marks = []
-        for step in (FROM_STEP, TO_STEP):
+        for step in args.window:
             while launch.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < step):
                 time.sleep(0.05)
             record = json.loads(metrics.read_text().splitlines()[step - 1]) if launch.poll() is None else None
@@ -76,12 +79,13 @@ def measure(checkout: Path) -> dict:
 
 
 def render(args, runs: dict[str, list[dict]]) -> str:
+    job = args.job.resolve().relative_to(ROOT) if args.job.resolve().is_relative_to(ROOT) else args.job
     lines = [
         "# Page faults in the workers of a real launch",
         "",
-        f"`orchestrator launch benchmarks/jobs/gpt2_logits.yaml` (transformers GPT-2 from a config, logits "
-        f"65 MB, DDP on 2 CPU workers), steps {FROM_STEP}-{TO_STEP}; {args.repeats} alternating launches "
-        "of each checkout (each launch in brackets).",
+        f"`orchestrator launch {job}` (the job file says what it is), steps "
+        f"{args.window[0]}-{args.window[1]}; {args.repeats} alternating launches of each checkout (each "
+        "launch in brackets).",
         "",
         "    " + shlex.join(["python", "benchmarks/allocator_faults_in_a_job.py", *sys.argv[1:]]),
         "",
@@ -99,10 +103,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", type=Path, required=True, help="another checkout to launch from")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--job", type=Path, default=JOB)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a job override, as launch's")
+    parser.add_argument("--window", type=lambda text: tuple(int(s) for s in text.split(",")), default=(12, 32),
+                        help="the steps measured between: FROM,TO")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     checkouts = {"this checkout": ROOT, f"--against ({args.against.name})": args.against}
-    runs = alternate(tuple(checkouts), args.repeats, lambda name: measure(checkouts[name]), "checkout")
+    runs = alternate(tuple(checkouts), args.repeats, lambda name: measure(checkouts[name], args), "checkout")
     report = render(args, runs)
     args.out.write_text(report)
     print(report)

@@ -26,22 +26,32 @@ libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 """
 
-# Blocks of argv[2] MiB (twelve of 8 MiB, by default) taken, written and freed, ten times,
-# as a step's activations are: prints the minor page faults of each of the last five
-# rounds, and what keep_freed_memory said.
+# Blocks of argv[2] MiB (twelve of 8 MiB, by default; argv[3] of them, or 96 MiB's worth)
+# taken, written and freed, ten times, as a step's activations are, on the main thread or
+# (argv[4] "thread") another one, as in a Ray actor: prints the minor page faults of each
+# of the last five rounds, and what keep_freed_memory said.
 STEPS = LIBC + """
+import threading
 from orchestrator.training.allocator import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
-size, count = (int(sys.argv[2]), 96 // int(sys.argv[2])) if len(sys.argv) > 2 else (8, 12)
+size = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+count = int(sys.argv[3]) if len(sys.argv) > 3 else 96 // size
 faults = []
-for step in range(10):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    blocks = [libc.malloc(size << 20) for _ in range(count)]
-    for block in blocks:
-        libc.memset(block, 1, size << 20)
-    for block in blocks:
-        libc.free(block)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def steps():
+    for step in range(10):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [libc.malloc(size << 20) for _ in range(count)]
+        for block in blocks:
+            libc.memset(block, 1, size << 20)
+        for block in blocks:
+            libc.free(block)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+if sys.argv[4:] == ["thread"]:
+    thread = threading.Thread(target=steps)
+    thread.start()
+    thread.join()
+else:
+    steps()
 print(json.dumps({"kept": kept, "faults": faults[5:]}))
 """
 
@@ -96,6 +106,62 @@ def test_blocks_above_the_mmap_ceiling_are_kept_too():
     assert max(kept["faults"]) < 100
 
 
+def test_a_step_freeing_more_than_a_gigabyte_keeps_it():
+    """GPT-2's logits and their gradient at vocabulary 50,257, and the rest of its step."""
+    kept = run_steps("keep", "400", "3")
+    assert max(kept["faults"]) < 100  # 1.2 GB freed at the heap's top each round, not trimmed
+
+
+def test_a_thread_keeps_blocks_larger_than_its_arena_with_one_arena():
+    """A Ray actor trains on a thread of its pool. A thread's own arena maps any block over
+    its 64 MiB heaps afresh, whatever mallopt says; with one arena (which a process must
+    be started with) it allocates from the main heap, as the main thread does."""
+    from orchestrator.training.allocator import AT_PROCESS_START
+
+    own_arena = run_steps("keep", "96", "1", "thread")
+    one_arena = run_steps("keep", "96", "1", "thread", **AT_PROCESS_START)
+    assert own_arena["kept"] is one_arena["kept"] is True
+    assert min(own_arena["faults"]) > 10_000  # 96 MiB mapped and unmapped every round
+    assert max(one_arena["faults"]) < 100
+
+
+def test_a_run_on_the_host_starts_its_ray_processes_with_one_arena(monkeypatch):
+    from orchestrator.config.loading import read_spec
+    from orchestrator.execution.ray_runtime import worker_env
+
+    for name in [n for n in os.environ if n.startswith("MALLOC_") or n == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name)
+    job = str(Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml")
+    assert worker_env(read_spec(job, []), "/tmp/run")["MALLOC_ARENA_MAX"] == "1"
+    assert "MALLOC_ARENA_MAX" not in worker_env(read_spec(job, ["scaling.use_gpu=true"]), "/tmp/run")
+    # The user's own settings, in the job or the driver's environment, are theirs alone.
+    chosen = worker_env(read_spec(job, ['scaling.env={"MALLOC_ARENA_MAX": "4"}']), "/tmp/run")
+    assert chosen["MALLOC_ARENA_MAX"] == "4"
+    trim = worker_env(read_spec(job, ['scaling.env={"MALLOC_TRIM_THRESHOLD_": "0"}']), "/tmp/run")
+    assert "MALLOC_ARENA_MAX" not in trim
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert "MALLOC_ARENA_MAX" not in worker_env(read_spec(job, []), "/tmp/run")
+
+
+def test_the_workers_of_an_embedded_launch_start_with_the_runs_variables(tmp_path):
+    """The one arena and `scaling.env`, inherited from the driver by every process of the
+    embedded Ray (execution/ray_runtime.py)."""
+    root = Path(__file__).resolve().parents[1]
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    sets = ["model.name=tests.environment_models:records_environment",
+            f'model.options={{folder: "{seen}", names: [MALLOC_ARENA_MAX, A_VARIABLE_OF_THE_JOB]}}',
+            'scaling.env={"A_VARIABLE_OF_THE_JOB": "its value"}', "train.steps=2", "scaling.spares=0"]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "launch", "examples/quickstart.yaml",
+                             "--run-dir", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    workers = [json.loads(f.read_text()) for f in seen.iterdir()]
+    assert len(workers) >= 2  # both ranks (and the driver's check of the model)
+    assert all(w == {"MALLOC_ARENA_MAX": "1", "A_VARIABLE_OF_THE_JOB": "its value"} for w in workers)
+
+
 def test_a_one_off_spike_is_given_back():
     spike = run_script(SPIKE)
     assert spike["kept"] is True and spike["given_back"] is True
@@ -107,6 +173,8 @@ def test_malloc_settings_the_user_chose_are_kept():
     chosen = run_steps("keep", MALLOC_TRIM_THRESHOLD_="0")
     assert chosen["kept"] is False
     assert min(chosen["faults"]) > 10_000
+    assert run_steps("keep", MALLOC_ARENA_MAX="4")["kept"] is False
+    assert run_steps("keep", MALLOC_ARENA_MAX="1")["kept"] is True  # what a run sets itself
 
 
 def test_the_settings_as_environment_variables_have_the_same_effect():

@@ -208,9 +208,9 @@ class ScalingSection(Section):
         "replaced by one at once instead of waiting for a new process."
     )
     env: dict[str, str] = Field(
-        default_factory=dict, description="Environment variables for every worker (and a submitted "
-        "driver), e.g. {NCCL_SOCKET_IFNAME: eth0, HF_TOKEN: ...}. A run on object storage also passes "
-        "on the driver's AWS_*, GOOGLE_* and AZURE_* variables."
+        default_factory=dict, description="Environment variables for every worker (and the driver, "
+        "on the embedded Ray or submitted), e.g. {NCCL_SOCKET_IFNAME: eth0, HF_TOKEN: ...}. A run on "
+        "object storage also passes on the driver's AWS_*, GOOGLE_* and AZURE_* variables."
     )
     backend: Literal["elastic", "ray_train"] = Field(
         "elastic", description="elastic: our controller holds the worker actors (fast "

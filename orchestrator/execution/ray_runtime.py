@@ -24,11 +24,14 @@ def refuse_ray_client(address: str | None) -> None:
 
 
 def worker_env(spec, run_dir) -> dict[str, str]:
-    """Variables every Ray process of the run gets: `scaling.env`, and for a run on object
-    storage the driver's credentials and endpoint for it (run/storage.py)."""
+    """Variables every Ray process of the run gets: `scaling.env`, for a run on object
+    storage the driver's credentials and endpoint for it (run/storage.py), and for a run on
+    the host malloc's one arena (training/allocator.py)."""
     from orchestrator.run.storage import is_remote, storage_env
+    from orchestrator.training.allocator import process_start_environment
 
-    return {**(storage_env() if is_remote(run_dir) else {}), **spec.scaling.env}
+    return {**(storage_env() if is_remote(run_dir) else {}), **process_start_environment(spec.scaling),
+            **spec.scaling.env}
 
 
 def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bool:
@@ -37,6 +40,7 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
     caller)."""
     import ray
 
+    env = _not_inherited(address, env)
     runtime_env = {"env_vars": dict(env)} if env else None
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # A driver submitted through the Jobs API: the job's runtime environment carries
@@ -63,6 +67,18 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
     return True
 
 
+def _not_inherited(address: str | None, env: dict[str, str] | None) -> dict[str, str] | None:
+    """What of `env` Ray's runtime environment must carry. An embedded Ray's processes are
+    this one's children: they inherit `env` from this process's environment, set here
+    before they start. The workers Ray starts ahead of any task then serve the run's;
+    given a runtime environment instead, Ray would start fresh ones for it (1.1 s more
+    to a launch's first step, benchmarks/results/startup.md)."""
+    if address or not env:
+        return env
+    os.environ.update(env)
+    return None
+
+
 class RayStart:
     """`start_ray` on a thread of its own, so that the driver's imports and the job's
     checks run while Ray's processes come up (a GCS, a raylet and their agents: about
@@ -76,7 +92,9 @@ class RayStart:
     """
 
     def __init__(self, address: str | None, say, env: dict[str, str] | None = None) -> None:
-        self._args = (address, say, env)
+        # The environment is changed here, not on the thread: the caller's own thread may
+        # be reading it meanwhile (setenv is not safe beside getenv).
+        self._args = (address, say, _not_inherited(address, env))
         self._embedded = False
         self._error: BaseException | None = None
         self._started = threading.Event()

@@ -5,7 +5,8 @@ submits `orchestrator launch` itself as a Ray job, whose driver runs on the head
 and outlives the laptop. What the driver needs travels in the job's runtime
 environment: the working directory (the job file, the local files it names, the
 user's model module; Ray uploads it, minus EXCLUDES and what .gitignore names),
-`py_modules` for a model module imported from elsewhere, and `scaling.env`.
+`py_modules` for a model module imported from elsewhere, `scaling.env`, and for a run on
+the host malloc's one arena (training/allocator.py).
 
 A submitted run writes to `--run-dir`, which must outlive the job too: a URI
 (s3://, gs://, abfs://) or an absolute path on storage every node mounts. `status`,
@@ -30,6 +31,7 @@ from typing import Any
 from orchestrator.config.spec import JobSpec
 from orchestrator.errors import ResourceError, RunDirError
 from orchestrator.run.storage import is_uri
+from orchestrator.training.allocator import process_start_environment
 
 # Never uploaded with the working directory.
 EXCLUDES = [".git", ".venv", "venv", "runs", "__pycache__", "*.pyc", ".pytest_cache", "node_modules"]
@@ -85,7 +87,7 @@ def submit(address: str, command: list[str], spec: JobSpec, run_dir: str, workin
     if modules:
         runtime_env["py_modules"] = modules
     runtime_env["env_vars"] = {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **_endpoint_env(run_dir),
-                               **spec.scaling.env}
+                               **process_start_environment(spec.scaling), **spec.scaling.env}
     job_id = f"orchestrator-{_slug(spec.name)}-{datetime.now():%Y%m%d-%H%M%S}-{time.time_ns() % 1000:03d}"
     client = _client(address)
     client.submit_job(
