@@ -8,6 +8,7 @@ Exercised by: pytest tests/test_data_checks.py
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -81,9 +82,11 @@ def test_validate_and_launch_refuse_the_mistake_before_anything_starts(files, ov
     assert phrase in checked.output and "Traceback" not in checked.output, checked.output
     assert took < 5, f"validate took {took:.1f} s"
 
+    arenas = os.environ.get("MALLOC_ARENA_MAX")  # which a run on the host sets (training/allocator.py)
     launched = CliRunner().invoke(app, ["launch", *_args(job_dir, overrides), "--run-dir", str(job_dir / "run")])
     assert launched.exit_code == 2 and phrase in launched.output, launched.output
     assert ray.is_initialized() == ray_before and not (job_dir / "run").exists()
+    assert os.environ.get("MALLOC_ARENA_MAX") == arenas  # the run's variables left with its Ray
 
 
 def test_there_are_at_least_twenty_mistakes():

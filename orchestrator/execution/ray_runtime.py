@@ -40,7 +40,6 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
     caller)."""
     import ray
 
-    env = _not_inherited(address, env)
     runtime_env = {"env_vars": dict(env)} if env else None
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # A driver submitted through the Jobs API: the job's runtime environment carries
@@ -67,16 +66,30 @@ def start_ray(address: str | None, say, env: dict[str, str] | None = None) -> bo
     return True
 
 
-def _not_inherited(address: str | None, env: dict[str, str] | None) -> dict[str, str] | None:
-    """What of `env` Ray's runtime environment must carry. An embedded Ray's processes are
-    this one's children: they inherit `env` from this process's environment, set here
-    before they start. The workers Ray starts ahead of any task then serve the run's;
-    given a runtime environment instead, Ray would start fresh ones for it (1.1 s more
-    to a launch's first step, benchmarks/results/startup.md)."""
+def _inherit(address: str | None, env: dict[str, str] | None) -> tuple[dict[str, str] | None, dict]:
+    """Where Ray's processes are to take `env` from: returns what a runtime environment
+    must carry, and the variables' values before (None: unset), for `_restore`.
+
+    An embedded Ray's processes are this one's children: they inherit `env` from this
+    process's environment, set here before they start. The workers Ray starts ahead of
+    any task then serve the run's; given a runtime environment instead, Ray would start
+    fresh ones for it (1.1 s more to a launch's first step, benchmarks/results/startup.md).
+    A joined cluster's processes are not this one's: they take a runtime environment."""
     if address or not env:
-        return env
+        return env, {}
+    before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    return None
+    return None, before
+
+
+def _restore(before: dict) -> None:
+    """The variables `_inherit` set, as they were: the run's must not reach whatever this
+    process does next (another launch in the same process, a test's next case)."""
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 class RayStart:
@@ -94,7 +107,8 @@ class RayStart:
     def __init__(self, address: str | None, say, env: dict[str, str] | None = None) -> None:
         # The environment is changed here, not on the thread: the caller's own thread may
         # be reading it meanwhile (setenv is not safe beside getenv).
-        self._args = (address, say, _not_inherited(address, env))
+        runtime_env, self._env_before = _inherit(address, env)
+        self._args = (address, say, runtime_env)
         self._embedded = False
         self._error: BaseException | None = None
         self._started = threading.Event()
@@ -128,9 +142,12 @@ class RayStart:
         return self._embedded
 
     def stop(self) -> None:
-        """Shut an embedded Ray down (once it has started); a joined cluster is left as it is."""
+        """Shut an embedded Ray down (once it has started); a joined cluster is left as it
+        is. The run's variables leave this process's environment."""
         self._stop.set()
         self._thread.join()
+        _restore(self._env_before)
+        self._env_before = {}
 
 
 def _not_the_sigterm_notice(record: logging.LogRecord) -> bool:

@@ -57,7 +57,8 @@ SETTINGS = {
     # Larger ones too (a language model's logits: 65 MB for GPT-2 at batch 8 x 256 tokens,
     # vocab 8000): glibc refuses a threshold above 32 MiB, and would otherwise map and
     # unmap them every step (benchmarks/results/allocator_faults.md: 48,000 faults a step
-    # left, 7 % of it). A thread's arena still maps a block larger than its 64 MiB heaps.
+    # left, 7 % of it). A thread's own arena still maps a block larger than its 64 MiB
+    # heaps: hence AT_PROCESS_START.
     M_MMAP_MAX: 0,
 }
 # What a process must be started with: one arena for all its threads (the module's doc).
