@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from concurrent.futures import Future
+import threading
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from torch import nn
 from strategies.block_compute import BlockCompute, apply_block_compute
 from strategies.blocks import repeated_blocks
 from strategies.host_copy import host_copier
+from strategies.state_handover import StateHandover, put_back
 from strategies.mesh import ParallelDims
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -40,9 +41,12 @@ class Copy(enum.Enum):
     """How `Strategy.snapshot` takes the state it hands to its StateWriter."""
 
     NONE = "none"  # not copied: the writer runs before the state next changes
-    NOW = "now"  # copied into host memory before snapshot returns
+    # Taken before snapshot returns: copied into host memory, but for the parameters and
+    # optimizer state in it already, which are handed over (state_handover.py).
+    NOW = "now"
     # Copied into shared host memory on a thread while training goes on (a writer process
-    # maps it); the strategy waits for the copy before it next changes its state.
+    # maps it), but for what is in shared memory already, which is handed over; the
+    # strategy waits for the copy before it next changes its state.
     SHARED = "shared"
 
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified
@@ -84,7 +88,7 @@ class Strategy:
         self.step_shape: StepShape | None = None
         self.block_compute = BlockCompute()
         self._grad_bytes_at_step = 0
-        self._copying: Future | None = None  # a checkpoint's copy of the state, being made
+        self.handover = StateHandover()  # what the optimizer step leaves a checkpoint in flight
 
     # ---- layout -------------------------------------------------------------------
     @property
@@ -158,13 +162,13 @@ class Strategy:
     def step(self, max_grad_norm: float | None) -> float | None:
         """Clip, apply and clear the gradients, advance the schedule; return the
         gradient norm before clipping when clipping is on."""
-        self.wait_for_copy()
         grad_norm = None
         if max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
             # Sharded (DTensor) gradients give a DTensor norm, already reduced over ranks.
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        self.optimizer.step()
+        with self.handover.first_writes():
+            self.optimizer.step()
         # Gradients are at their fullest here, just before they are released.
         self._grad_bytes_at_step = gradient_bytes(self.model)
         self.optimizer.zero_grad(set_to_none=True)
@@ -184,18 +188,10 @@ class Strategy:
     # ---- state ------------------------------------------------------------------------
     def snapshot(self, directory: Path, copy: Copy) -> StateWriter:
         """The state as it is now, and the function that writes it into `directory` (every
-        rank). Copied (`copy`), the write may run while training goes on."""
-        self.wait_for_copy()
+        rank). Taken as `copy` says, the write may run while training goes on."""
         share = (self.dp_rank, self.dp_size) if self.state_replicated and self.dp_size > 1 else None
-        write, self._copying = snapshot_distributed(self.model, self.optimizer, self.scheduler,
-                                                    directory, copy, share)
-        return write
-
-    def wait_for_copy(self) -> None:
-        """Before the state changes in place: wait for a checkpoint's copy still being made."""
-        copying, self._copying = self._copying, None
-        if copying is not None:
-            copying.result()
+        return snapshot_distributed(self.model, self.optimizer, self.scheduler, directory, copy,
+                                    self.handover, share)
 
     def load(self, directory: Path) -> None:
         load_distributed(self.model, self.optimizer, self.scheduler, directory)
@@ -252,15 +248,16 @@ def autocast_dtype_for(precision: str) -> torch.dtype | None:
 
 
 def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                         directory: Path, copy: Copy, share: tuple[int, int] | None = None
-                         ) -> tuple[StateWriter, Future | None]:
+                         directory: Path, copy: Copy, handover: StateHandover,
+                         share: tuple[int, int] | None = None) -> StateWriter:
     """Model and optimizer state for torch.distributed.checkpoint, which stores each
-    shard once and lets another layout or world size load it; copied into host memory
-    as `copy` says (by dcp's own stager: tensors, DTensor shards and the schedule's
-    plain values, into buffers it reuses from one save to the next).
+    shard once and lets another layout or world size load it; taken as `copy` says:
+    the parameters and optimizer state in host memory handed over (`handover`, whose
+    `first_writes` the next optimizer step runs in), the rest copied into host memory by
+    dcp's own stager (tensors, DTensor shards and the schedule's plain values, into
+    buffers it reuses from one save to the next).
     `share` (rank, ranks): the state is whole on each of `ranks` ranks, and this one
-    takes only its share of the tensors (replicated_share).
-    Returns the writer and, when the copy is made in the background, its future."""
+    takes only its share of the tensors (replicated_share)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer, options=state_dict_options())
@@ -268,12 +265,22 @@ def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, sch
         model_state, optim_state = replicated_share(model_state, optim_state, *share)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
     if copy is Copy.NONE:
-        return (lambda save: save(state, directory)), None
-    if copy is Copy.NOW:  # copied before training goes on: nothing to keep apart
-        staged = host_copier(next(model.parameters()).device).stage(state)
-        return (lambda save: save(staged, directory)), None
-    copying = host_copier(next(model.parameters()).device, shared=True).stage(apart_from_training(state, model))
-    return (lambda save: save(copying.result(), directory)), copying
+        return lambda save: save(state, directory)
+    if copy is Copy.SHARED:  # copied meanwhile: apart from what the forward pass changes
+        state = apart_from_training(state, model)
+    rest, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)],
+                                 shared=copy is Copy.SHARED)
+    copying = host_copier(next(model.parameters()).device, shared=copy is Copy.SHARED).stage(rest)
+    written = threading.Event()
+    handover.written_by(written.wait, copying if copy is Copy.SHARED else None)
+
+    def write(save: SaveState) -> None:
+        try:
+            save(put_back(copying.result() if copy is Copy.SHARED else copying, handed), directory)
+        finally:
+            written.set()
+
+    return write
 
 
 def apart_from_training(state: dict, model: nn.Module) -> dict:

@@ -215,12 +215,12 @@ class ModelParallelStrategy(Strategy):
         return loss * (self._loss_scale / self.config.microbatches)
 
     def step(self, max_grad_norm: float | None) -> float | None:
-        self.wait_for_copy()
         grad_norm = None
         if max_grad_norm:
             group = self.pipeline.group if self.pipeline is not None else None
             grad_norm = clip_grad_norm_(self.model.parameters(), max_grad_norm, group)
-        self.optimizer.step()
+        with self.handover.first_writes():
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return grad_norm

@@ -20,7 +20,10 @@ from tests.distributed import (
 )
 from tests.jobs import MLP_JOB
 
-JOB = dict(MLP_JOB, checkpoint={"every_steps": 10, "keep": 3})
+# Layers of 64 KiB: their parameters and momenta are handed to background writers
+# uncopied (strategies/state_handover.py), which these tests then check.
+JOB = dict(MLP_JOB, model={"name": "mlp", "options": {"hidden": [128, 128]}},
+           checkpoint={"every_steps": 10, "keep": 3})
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +118,9 @@ def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, 
 
 # ---- background saves -------------------------------------------------------------------------
 def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, writer: str):
-    """Twice: start a background checkpoint, change the weights before its write can run,
-    and keep this rank's weights as they were at the checkpoint's step. The second save
-    copies into the buffers of the first (a writer process knows them by then)."""
+    """Twice: start a background checkpoint, change the weights before its write can run
+    (in place, as the next optimizer step does), and keep this rank's weights as they were
+    at the checkpoint's step. A thread writer is handed the weights of 64 KiB uncopied."""
     import threading
 
     import torch
@@ -140,11 +143,10 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, wr
             return lambda save: (held.wait(60), write(save))
 
         manager.start_save(TrainerState(step, world_size, world_size, 0), snapshot)
-        strategy.wait_for_copy()  # as the next optimizer step does
         # As arrays: a tensor would cross the result queue as a shared-memory handle, which
         # its reader cannot open once this process has exited (a race seen in CI).
         at_save = {n: p.detach().clone().numpy() for n, p in strategy.model.named_parameters()}
-        with torch.no_grad():
+        with torch.no_grad(), strategy.handover.first_writes():  # as the optimizer step runs
             for parameter in strategy.model.parameters():
                 parameter.add_(1.0)  # what the next optimizer step would do, before the write
         unpublished = CheckpointManager.list_checkpoints(w.run_dir)

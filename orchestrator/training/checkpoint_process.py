@@ -14,9 +14,13 @@ through a thread of multiprocessing's that the training process would otherwise 
 each of them at every save. Later saves send only where each tensor lies in them.
 
 dcp's planning gathers every rank's plan, so the writers of an attempt meet in a gloo
-group of their own, on a store that rank 0's writer hosts. They start with the attempt,
-at idle CPU priority, and end with it (its ranks and world size are the group's); the
-saves before every rank's writer is ready are written by the save's thread. A writer whose rank's process
+group of their own, on a store that rank 0's writer hosts. They start with the attempt
+and end with it (its ranks and world size are the group's); the saves before every
+rank's writer is ready are written by the save's thread. A writer makes its start
+(Python, torch, dcp and what dcp imports on its first save) at the priority of the
+training, a second or so of CPU taken from the first steps, and only then drops to idle
+priority: started at idle priority where every core trains, it was ready only from the
+fourth save of a run (benchmarks/results/checkpoint_stall_b256.md). A writer whose rank's process
 has died exits within a second: it watches its parent, so a killed worker leaves no
 writer behind, even one blocked in a collective with a dead peer.
 
@@ -24,6 +28,7 @@ Exercised by: pytest tests/test_checkpoint.py -k writer
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -70,11 +75,7 @@ class WriterProcess:
             target=_serve, name=f"checkpoint-writer-{rank}", daemon=True,
             args=(child_end, rank, world_size, host, port, timeout.total_seconds(), os.getpid()),
         )
-        # Started from a thread at idle priority, which the process inherits from its
-        # first instruction on: its start (Python, torch) takes only CPU training leaves.
-        starter = threading.Thread(target=_start_when_idle, args=(self._process,), name="writer-start")
-        starter.start()
-        starter.join()
+        self._process.start()
         child_end.close()  # so that a writer that dies ends this end's reads
         self._ready = False
         # The buffers the writer holds, kept alive here: while it does, no other buffer
@@ -149,11 +150,6 @@ class WriterProcess:
             raise RuntimeError(f"the checkpoint writer process failed:\n{answer}")
 
 
-def _start_when_idle(process: multiprocessing.process.BaseProcess) -> None:
-    run_when_idle()
-    process.start()
-
-
 def _store_address(group: dist.ProcessGroup | None) -> tuple[str, int]:
     """Where rank 0's writer hosts the writers' store: rank 0's host (MASTER_ADDR, which
     its peers reach it by) and a free port there, told to every rank over `group`."""
@@ -172,8 +168,11 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
     """The writer's life: join the writers' group, then write each state sent until told
     to stop (None) or the rank's process is gone."""
     threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
-    run_when_idle()  # inherited already; said again should the start have been elsewhere
     import torch.distributed.checkpoint as dcp
+
+    with contextlib.suppress(ImportError):  # what a save's setup imports, when installed
+        import torch.distributed.checkpoint._fsspec_filesystem  # noqa: F401
+    run_when_idle()  # its start made, the rest takes only CPU training leaves
 
     torch.set_num_threads(1)
     try:

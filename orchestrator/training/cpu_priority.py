@@ -1,7 +1,7 @@
 """Work that should take only the CPU that training leaves.
 
 On CPU workers training keeps every core busy; a background checkpoint write, a spare's
-imports and a checkpoint writer process's start run beside it. At Linux's SCHED_IDLE
+imports and a checkpoint writer process (once started) run beside it. At Linux's SCHED_IDLE
 they get a core only when nothing else wants it, so they cannot slow the steps by
 taking its share. An unprivileged process cannot raise a priority back, which is why
 this lowers one thread, and processes inherit it from the thread that starts them.

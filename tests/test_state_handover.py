@@ -1,0 +1,117 @@
+"""A checkpoint's state handed to its writer without a copy (strategies/state_handover.py):
+the optimizer step after a save writes into spare buffers, with the same numbers."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from strategies.base import optimizer_state_tensors
+from strategies.state_handover import MIN_BYTES, StateHandover, put_back
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "sgd-plain": lambda p: torch.optim.SGD(p, lr=0.1),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=0.01, foreach=False),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.1, foreach=False),
+}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
+
+
+def _backward(model: nn.Module, step: int) -> None:
+    generator = torch.Generator().manual_seed(step)
+    inputs, targets = torch.randn(32, 64, generator=generator), torch.randint(0, 10, (32,), generator=generator)
+    nn.functional.cross_entropy(model(inputs), targets).backward()
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {"model": model.state_dict(), "optim": {f"{i}.{k}": v for i, s in enumerate(optimizer.state.values())
+                                                   for k, v in s.items()}}
+
+
+def _train(name: str, steps: int, handover: StateHandover | None):
+    """`steps` steps, a handover after each one when given; returns the final tensors,
+    whether each handover still held its step's values after the step that followed it,
+    and the addresses each one handed over."""
+    model = _model()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    kept, addresses, taken = [], [], None
+    for step in range(steps):
+        _backward(model, step)
+        with handover.first_writes() if handover else contextlib.nullcontext():
+            optimizer.step()
+        optimizer.zero_grad()
+        if taken is not None:  # its writer is done once the next save starts
+            handed, at_save = taken
+            kept.append(bool(handed) and all(torch.equal(handed[p], at_save[p]) for p in handed))
+        if handover is not None:
+            state = _state(model, optimizer)
+            _, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)], False)
+            handover.written_by(lambda: None)
+            taken = handed, {path: t.clone() for path, t in handed.items()}
+            addresses.append({t.data_ptr() for t in handed.values()})
+    final = [t.clone() for t in (*model.parameters(), *optimizer_state_tensors(optimizer))]
+    return final, kept, addresses
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_steps_after_handovers_compute_the_same_numbers_and_leave_the_handed_state_alone(name):
+    plain, _, _ = _train(name, 6, None)
+    handed_over, kept, addresses = _train(name, 6, StateHandover())
+    assert all(torch.equal(a, b) for a, b in zip(plain, handed_over))
+    assert kept == [True] * 5
+    # Nothing copied: the live state alternates between two buffers a tensor.
+    assert not addresses[2] & addresses[3] and addresses[2] == addresses[4] and addresses[3] == addresses[5]
+
+
+def test_only_parameters_and_optimizer_state_of_their_own_storage_and_size_are_handed_over():
+    model = nn.Sequential(nn.Linear(256, 256), nn.BatchNorm1d(256), nn.Linear(256, 2))
+    model.register_buffer("table", torch.randn(256, 256))
+    optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+    _ = model(torch.randn(4, 256)).sum().backward(), optimizer.step()
+    state = _state(model, optimizer)
+    rest, handed = StateHandover().take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)], False)
+    names = {path[-1] for path in handed}
+    assert names == {"0.weight", "0.exp_avg", "0.exp_avg_sq"}  # 256 KiB each; the rest under MIN_BYTES
+    assert 256 * 2 * 4 < MIN_BYTES <= 256 * 256 * 4
+    assert rest["model"]["table"] is state["model"]["table"]  # a buffer: copied, never handed over
+    whole = put_back(rest, handed)
+    assert all(torch.equal(whole["model"][k], v) for k, v in state["model"].items())
+
+
+def test_a_write_that_cannot_be_redirected_waits_for_the_writer_first():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    handover = StateHandover()
+    _, handed = handover.take(_state(model, optimizer), list(model.parameters()), False)
+    weight = model[2].weight
+    events = []
+    handover.written_by(lambda: events.append(("written", torch.equal(handed[("model", "2.weight")], weight))))
+    with handover.first_writes():
+        with torch.no_grad():
+            weight[0].add_(1.0)  # a view: the weight cannot be pointed elsewhere
+        events.append(("wrote", None))
+    assert events == [("written", True), ("wrote", None)]
+
+
+def test_for_a_writer_process_the_state_moves_into_shared_memory_and_is_then_handed_over():
+    model = _model()
+    optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+    handover = StateHandover()
+    _train_once = lambda step: (_backward(model, step), optimizer.step(), optimizer.zero_grad())  # noqa: E731
+    live = lambda: [*model.parameters(), *optimizer_state_tensors(optimizer)]  # noqa: E731
+    _train_once(0)
+    rest, handed = handover.take(_state(model, optimizer), live(), shared=True)
+    assert handed == {}  # not in shared memory yet: copied this time
+    with handover.first_writes():
+        _train_once(1)
+    big = [t for t in live() if t.numel() * t.element_size() >= MIN_BYTES]
+    assert big and all(t.is_shared() for t in big)
+    _, handed = handover.take(_state(model, optimizer), live(), shared=True)
+    assert len(handed) == len(big) and all(t.is_shared() for t in handed.values())
