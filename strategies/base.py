@@ -41,12 +41,11 @@ class Copy(enum.Enum):
     """How `Strategy.snapshot` takes the state it hands to its StateWriter."""
 
     NONE = "none"  # not copied: the writer runs before the state next changes
-    # Taken before snapshot returns: copied into host memory, but for the parameters and
-    # optimizer state in it already, which are handed over (state_handover.py).
+    # Taken before snapshot returns: the parameters and optimizer state in host memory
+    # handed over uncopied (state_handover.py), the rest copied into host memory.
     NOW = "now"
     # Copied into shared host memory on a thread while training goes on (a writer process
-    # maps it), but for what is in shared memory already, which is handed over; the
-    # strategy waits for the copy before it next changes its state.
+    # maps it); the strategy waits for the copy before it next changes its state.
     SHARED = "shared"
 
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified
@@ -251,10 +250,9 @@ def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, sch
                          directory: Path, copy: Copy, handover: StateHandover,
                          share: tuple[int, int] | None = None) -> StateWriter:
     """Model and optimizer state for torch.distributed.checkpoint, which stores each
-    shard once and lets another layout or world size load it; taken as `copy` says:
-    the parameters and optimizer state in host memory handed over (`handover`, whose
-    `first_writes` the next optimizer step runs in), the rest copied into host memory by
-    dcp's own stager (tensors, DTensor shards and the schedule's plain values, into
+    shard once and lets another layout or world size load it; taken as `copy` says, by
+    `handover` (which the next optimizer step runs in) and dcp's own stager, which copies
+    into host memory (tensors, DTensor shards and the schedule's plain values, into
     buffers it reuses from one save to the next).
     `share` (rank, ranks): the state is whole on each of `ranks` ranks, and this one
     takes only its share of the tensors (replicated_share)."""
@@ -264,19 +262,21 @@ def snapshot_distributed(model: nn.Module, optimizer: torch.optim.Optimizer, sch
     if share is not None:
         model_state, optim_state = replicated_share(model_state, optim_state, *share)
     state = {"model": model_state, "optim": optim_state, "scheduler": scheduler.state_dict()}
+    device = next(model.parameters()).device
     if copy is Copy.NONE:
         return lambda save: save(state, directory)
-    if copy is Copy.SHARED:  # copied meanwhile: apart from what the forward pass changes
-        state = apart_from_training(state, model)
-    rest, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)],
-                                 shared=copy is Copy.SHARED)
-    copying = host_copier(next(model.parameters()).device, shared=copy is Copy.SHARED).stage(rest)
+    if copy is Copy.SHARED:  # copied meanwhile, apart from what the forward pass changes
+        copying = host_copier(device, shared=True).stage(apart_from_training(state, model))
+        handover.copied_by(copying)
+        return lambda save: save(copying.result(), directory)
+    rest, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)])
+    copied = host_copier(device).stage(rest)
     written = threading.Event()
-    handover.written_by(written.wait, copying if copy is Copy.SHARED else None)
+    handover.written_by(written.wait)
 
     def write(save: SaveState) -> None:
         try:
-            save(put_back(copying.result() if copy is Copy.SHARED else copying, handed), directory)
+            save(put_back(copied, handed), directory)
         finally:
             written.set()
 

@@ -12,21 +12,22 @@ step each one's first in-place operation is made as the same operation with `out
 into a spare buffer (the same kernel, so the same numbers, bit for bit), after which
 the tensor is pointed at that buffer. The buffer the writer had becomes the tensor's
 spare once written: two buffers a tensor, reused, with no page faults after the first.
-The next save starts only after the one before it is written, so a spare is never
+What remains is the redirected writes' cost: they go to memory not in cache, a few
+percent of the optimizer step. The next save starts only after the one before it is written, so a spare is never
 taken while the writer still reads it.
 
 Handed over: plain CPU parameters and optimizer-state tensors of at least MIN_BYTES,
-each over a whole storage of its own; for a writer process (`shared`), only those
-already in shared memory, which is where their spares are made (the first save of a
-run copies them, the next ones find them there). The rest is copied as before.
-An in-place write in the step that cannot be redirected (on a view of a handed-over
-tensor, a foreach or fused kernel, an `out=` into one) first waits until the writer
-has written the save: slower, never wrong.
+each over a whole storage of its own; the rest is copied. An in-place write in the step
+that cannot be redirected (on a view of a handed-over tensor, a foreach or fused
+kernel, an `out=` into one) first waits until the writer has written the save: slower,
+never wrong. The thread writer is handed the state so; a writer process is given a copy
+made on another thread (checkpoint_process.py), which the next optimizer step waits for
+here too.
 
 Assumes what PyTorch modules do: the model reads its parameters through the
 parameter objects, not through aliases of them kept aside.
 
-Exercised by: pytest tests/test_checkpoint.py -k handover
+Exercised by: pytest tests/test_state_handover.py tests/test_checkpoint.py -k background
 """
 from __future__ import annotations
 
@@ -44,29 +45,27 @@ _IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__if
 
 
 class StateHandover:
-    """One strategy's handovers: `take` at a save, `first_writes` around each optimizer step."""
+    """What a checkpoint in flight asks of one strategy's next optimizer step: `take` or
+    `copied_by` at a save, `first_writes` around each optimizer step."""
 
     def __init__(self) -> None:
         self._armed: dict[int, torch.Tensor] = {}  # storage address -> its live tensor, not yet redirected
-        self._shared = False
         self._written: Callable[[], Any] = lambda: None
-        self._copying: Future | None = None  # the copy of the rest, made meanwhile
+        self._copying: Future | None = None  # a copy of the state being made meanwhile
         # live tensor -> the storage it had before its last redirection (free once written)
         self._spares = WeakIdKeyDictionary()
 
-    def take(self, state: Any, live: Iterable[torch.Tensor], shared: bool) -> tuple[Any, dict]:
+    def take(self, state: Any, live: Iterable[torch.Tensor]) -> tuple[Any, dict]:
         """Split `state` into what is handed over and the rest (to copy).
 
         `live`: the tensor objects the optimizer step writes (parameters, optimizer state).
-        `shared`: the writer maps shared memory; tensors outside it are copied this time,
-        and their next write goes into shared spares, so that the next save takes them.
         Returns `state` with the handed-over tensors' places set to None, and those tensors
         (aliases: the live ones are pointed elsewhere) by their place (`put_back`).
         Call `written_by` with the save's completion next.
         """
         owners = {_address(t): t for t in live if _plain(t) and _whole(t)}
         handed: dict[tuple, torch.Tensor] = {}
-        self._armed, self._shared = {}, shared
+        self._armed = {}
 
         def leaf(path: tuple, value: Any) -> Any:
             if not (_plain(value) and _whole(value) and value.untyped_storage().nbytes() >= MIN_BYTES):
@@ -75,18 +74,19 @@ class StateHandover:
             if owner is None:
                 return value
             self._armed[_address(value)] = owner
-            if shared and not value.is_shared():
-                return value
             handed[path] = value.detach()
             return None
 
         return _map_leaves(state, leaf), handed
 
-    def written_by(self, wait: Callable[[], Any], copying: Future | None = None) -> None:
-        """`wait()` returns once the writer has written what `take` handed over; `copying`,
-        the copy of the rest when it is made while training goes on, which the next
-        optimizer step waits for."""
-        self._written, self._copying = wait, copying
+    def written_by(self, wait: Callable[[], Any]) -> None:
+        """`wait()` returns once the writer has written what `take` handed over."""
+        self._written = wait
+
+    def copied_by(self, copying: Future) -> None:
+        """The state is being copied while training goes on (`copying`): the next optimizer
+        step waits for the copy first."""
+        self._copying = copying
 
     @contextlib.contextmanager
     def first_writes(self) -> Iterator[None]:
@@ -121,9 +121,8 @@ class StateHandover:
         """An empty tensor like `tensor` over its spare storage (made when it has none)."""
         nbytes = tensor.untyped_storage().nbytes()
         spare = self._spares.get(tensor)
-        if spare is None or spare.nbytes() != nbytes or (self._shared and not spare.is_shared()):
-            spare = (torch.UntypedStorage._new_shared(nbytes) if self._shared
-                     else torch.UntypedStorage(nbytes))
+        if spare is None or spare.nbytes() != nbytes:
+            spare = torch.UntypedStorage(nbytes)
         return torch.empty(0, dtype=tensor.dtype).set_(spare, 0, tensor.shape, tensor.stride())
 
     def moved(self, tensor: torch.Tensor, target: torch.Tensor) -> None:

@@ -52,7 +52,7 @@ def _train(name: str, steps: int, handover: StateHandover | None):
             kept.append(bool(handed) and all(torch.equal(handed[p], at_save[p]) for p in handed))
         if handover is not None:
             state = _state(model, optimizer)
-            _, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)], False)
+            _, handed = handover.take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)])
             handover.written_by(lambda: None)
             taken = handed, {path: t.clone() for path, t in handed.items()}
             addresses.append({t.data_ptr() for t in handed.values()})
@@ -76,7 +76,7 @@ def test_only_parameters_and_optimizer_state_of_their_own_storage_and_size_are_h
     optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
     _ = model(torch.randn(4, 256)).sum().backward(), optimizer.step()
     state = _state(model, optimizer)
-    rest, handed = StateHandover().take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)], False)
+    rest, handed = StateHandover().take(state, [*model.parameters(), *optimizer_state_tensors(optimizer)])
     names = {path[-1] for path in handed}
     assert names == {"0.weight", "0.exp_avg", "0.exp_avg_sq"}  # 256 KiB each; the rest under MIN_BYTES
     assert 256 * 2 * 4 < MIN_BYTES <= 256 * 256 * 4
@@ -89,7 +89,7 @@ def test_a_write_that_cannot_be_redirected_waits_for_the_writer_first():
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     handover = StateHandover()
-    _, handed = handover.take(_state(model, optimizer), list(model.parameters()), False)
+    _, handed = handover.take(_state(model, optimizer), list(model.parameters()))
     weight = model[2].weight
     events = []
     handover.written_by(lambda: events.append(("written", torch.equal(handed[("model", "2.weight")], weight))))
@@ -98,20 +98,3 @@ def test_a_write_that_cannot_be_redirected_waits_for_the_writer_first():
             weight[0].add_(1.0)  # a view: the weight cannot be pointed elsewhere
         events.append(("wrote", None))
     assert events == [("written", True), ("wrote", None)]
-
-
-def test_for_a_writer_process_the_state_moves_into_shared_memory_and_is_then_handed_over():
-    model = _model()
-    optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
-    handover = StateHandover()
-    _train_once = lambda step: (_backward(model, step), optimizer.step(), optimizer.zero_grad())  # noqa: E731
-    live = lambda: [*model.parameters(), *optimizer_state_tensors(optimizer)]  # noqa: E731
-    _train_once(0)
-    rest, handed = handover.take(_state(model, optimizer), live(), shared=True)
-    assert handed == {}  # not in shared memory yet: copied this time
-    with handover.first_writes():
-        _train_once(1)
-    big = [t for t in live() if t.numel() * t.element_size() >= MIN_BYTES]
-    assert big and all(t.is_shared() for t in big)
-    _, handed = handover.take(_state(model, optimizer), live(), shared=True)
-    assert len(handed) == len(big) and all(t.is_shared() for t in handed.values())

@@ -250,17 +250,17 @@ class CheckpointSection(Section):
     keep: int = Field(3, gt=0, description="Keep the newest K checkpoints.")
     async_save: bool = Field(
         True, description="Take the state at the checkpoint's step and write it in the background "
-        "while training goes on (one save in flight at a time): parameters and optimizer state "
-        "already in host memory are handed to the writer uncopied (the next optimizer step writes "
-        "into spare buffers), the rest is copied to host memory. False writes it before the next "
+        "while training goes on (one save in flight at a time). False writes it before the next "
         "step. ZeRO's state is written by DeepSpeed in line either way."
     )
     writer: Literal["thread", "process"] = Field(
-        "thread", description="Who writes a background save: a thread of the training process, or "
-        "a process of each rank's own, which writes from shared memory (the state handed over, or "
-        "a copy made while the next step computes) and never contends with training for the "
-        "interpreter lock. It starts with each attempt (a second or so of CPU taken from the first "
-        "steps, then idle priority; a few hundred MB of memory)."
+        "thread", description="Who writes a background save: a thread of the training process, "
+        "handed the parameters and optimizer state in host memory uncopied (the next optimizer "
+        "step writes into spare buffers) and a copy of the rest; or a process of each rank's own, "
+        "which writes from a copy in shared memory made while the next step computes and never "
+        "contends with training for the interpreter lock: the one that hides a save where cores "
+        "are free. It starts with each attempt (a second or so of CPU taken from the first steps, "
+        "then idle priority; a few hundred MB of memory)."
     )
 
 

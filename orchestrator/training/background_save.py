@@ -1,9 +1,9 @@
 """At most one checkpoint write in flight, on a thread of its own.
 
 A checkpoint is saved in two halves (checkpoint.py). On the training thread every rank
-copies its state into host memory and captures its RNG streams: the copy is what the
-checkpoint holds, so training may change the model as soon as it is taken. The second
-half (writing the copy, and on rank 0 publishing the checkpoint) runs here while
+takes its state (handed over or copied: checkpoint_write.py) and captures its RNG
+streams: that is what the checkpoint holds, so training may go on as soon as it is
+taken. The second half (writing it, and on rank 0 publishing the checkpoint) runs here while
 training goes on. The next save, and anything that ends the attempt, waits for it
 first; an error it met is raised then, on the training thread, where the attempt fails
 as it would had the write failed in line.

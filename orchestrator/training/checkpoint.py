@@ -6,7 +6,7 @@ Layout of one checkpoint, `RUN_DIR/checkpoints/step_00000050/`:
     rng/rank_N.pt   every RNG stream of rank N, as tensors (read with weights_only)
     manifest.json   size and sha256 of every file above; written last (manifest.py)
 
-A save copies the state at its step and writes it while training goes on
+A save takes the state at its step and writes it while training goes on
 (checkpoint_write.py); a checkpoint is either published whole or not there.
 
 In a local run directory, a checkpoint is built in a `.partial-*` directory, flushed

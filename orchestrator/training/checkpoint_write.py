@@ -1,15 +1,16 @@
 """Writing one checkpoint while training goes on: copied at its step, written, published.
 
 A save has two halves. On the training thread every rank takes its state as it is at
-the step (the strategy's `snapshot`, a copy in host memory) and its RNG streams: that
-is what the checkpoint holds, so training may change the model as soon as they are
-taken. The second half runs in the background (background_save.py): each rank writes
+the step (the strategy's `snapshot`) and its RNG streams: that is what the checkpoint
+holds, so training may go on as soon as they are taken. The second half runs in the background (background_save.py): each rank writes
 its files from the copy into the checkpoint's `.partial-` folder (or, for a run on
 object storage, a local staging folder it then uploads), and rank 0 publishes the
 checkpoint (manifest last, rename into place) once every rank's files are written.
-The state's files are written by the save's thread or, with `checkpoint.writer:
-process`, by a writer process of the rank's own (checkpoint_process.py), which maps a
-copy in shared memory that the rank makes while its next step computes.
+The state's files are written by the save's thread, which is handed the parameters and
+optimizer state in host memory uncopied (the next optimizer step writes into spare
+buffers: strategies/state_handover.py) and a copy of the rest, or, with
+`checkpoint.writer: process`, by a writer process of the rank's own (checkpoint_process.py),
+which maps a copy in shared memory that the rank makes while its next step computes.
 Those background writes meet in a gloo group of their own, created for the attempt,
 so their collectives never interleave with the training's.
 
@@ -41,8 +42,8 @@ from orchestrator.training.rng_state import capture_rng
 from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
-# How each writer needs the state taken: in line, nothing is copied; a thread writes
-# from a copy made at once; a process maps a copy in shared memory made meanwhile.
+# How each writer needs the state taken: in line, as it is; a thread, handed over (the
+# rest copied) at once; a process, copied into shared memory meanwhile.
 COPIES = {"in_line": Copy.NONE, "thread": Copy.NOW, "process": Copy.SHARED}
 
 # (folder, copy) -> the writer of the strategy's state as it is now (Strategy.snapshot)
