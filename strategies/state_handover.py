@@ -17,10 +17,11 @@ percent of the optimizer step. The next save starts only after the one before it
 taken while the writer still reads it.
 
 Handed over: plain CPU parameters and optimizer-state tensors of at least MIN_BYTES,
-each over a whole storage of its own; the rest is copied. An in-place write in the step
-that cannot be redirected (on a view of a handed-over tensor, a foreach or fused
-kernel, an `out=` into one) first waits until the writer has written the save: slower,
-never wrong. The thread writer is handed the state so; a writer process is given a copy
+each over a whole storage of its own; the rest is copied. Redirected: the operations
+of torch's optimizers' arithmetic, whose `out=` forms compute the same (_REDIRECTED). Any
+other in-place write in the step into a handed-over tensor (another operation, one on a
+view of it, a foreach or fused kernel, an `out=` into it) first waits until the writer
+has written the save: slower, never wrong. The thread writer is handed the state so; a writer process is given a copy
 made on another thread (checkpoint_process.py), which the next optimizer step waits for
 here too.
 
@@ -40,6 +41,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 MIN_BYTES = 64 * 1024  # smaller tensors are copied: a copy costs less than the redirection
+# In-place methods whose torch function of the same name, given the tensor as its first
+# argument and `out=`, computes the same (the arithmetic of torch's optimizers). Not every
+# name maps so: `t.normal_(mean, std)` fills t, `torch.normal(t, std)` takes t as the mean.
+_REDIRECTED = {"add_", "sub_", "mul_", "div_", "lerp_", "addcmul_", "addcdiv_", "sqrt_", "neg_", "clamp_"}
 _IN_PLACE_OPERATORS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
                        "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
 
@@ -155,9 +160,13 @@ class _Redirection(TorchFunctionMode):
             redirected = _out_of_place(name) if "out" not in kwargs else None
             if redirected is not None and self.handover.owns(target):
                 new = self.handover.spare_for(target)
-                redirected(target, *args[1:], **kwargs, out=new)
-                self.handover.moved(target, new)
-                return target
+                try:
+                    redirected(target, *args[1:], **kwargs, out=new)
+                except (TypeError, RuntimeError):  # no `out=` form for these arguments
+                    pass  # written in place below, after the writer (an error then is the call's own)
+                else:
+                    self.handover.moved(target, new)
+                    return target
             if any(self.handover.is_armed(t) for t in _written_tensors(args, kwargs)):
                 self.handover.wait_for_writer()
         return func(*args, **kwargs)
@@ -171,12 +180,11 @@ def _may_write(name: str, kwargs: dict) -> bool:
 
 
 def _out_of_place(name: str) -> Callable | None:
-    """The `out=` form of in-place method `name` ("mul_" -> torch.mul), if torch has one."""
+    """The `out=` form of in-place method `name` ("mul_" -> torch.mul), for those known to
+    compute the same (_REDIRECTED)."""
     if name == "copy_":
         return lambda _target, source, non_blocking=False, out=None: out.copy_(source, non_blocking)
-    if not name.endswith("_") or name.startswith("_"):
-        return None
-    return getattr(torch, name[:-1], None)
+    return getattr(torch, name[:-1]) if name in _REDIRECTED else None
 
 
 def _written_tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:

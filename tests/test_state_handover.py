@@ -98,3 +98,30 @@ def test_a_write_that_cannot_be_redirected_waits_for_the_writer_first():
             weight[0].add_(1.0)  # a view: the weight cannot be pointed elsewhere
         events.append(("wrote", None))
     assert events == [("written", True), ("wrote", None)]
+
+
+@pytest.mark.parametrize("write", [
+    lambda t: t.normal_(0.0, 1.0),  # torch.normal(t, ...) would take t as the mean: never redirected
+    lambda t: t.fill_(2.0),  # torch.fill has no `out=`
+    lambda t: t.add_(torch.ones(3)),  # no `out=` form for these arguments (shapes): the call's own error
+], ids=["normal_", "fill_", "add_-bad-shape"])
+def test_writes_without_a_same_out_form_wait_for_the_writer_and_run_as_written(write):
+    torch.manual_seed(0)
+    tensor = torch.zeros(256, 256)
+    expected = tensor.clone()
+    handover = StateHandover()
+    _, handed = handover.take({"w": tensor}, [tensor])
+    waited = []
+    handover.written_by(lambda: waited.append(torch.equal(handed[("w",)], expected)))
+    torch.manual_seed(1)
+    try:
+        with handover.first_writes():
+            write(tensor)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            write(expected)
+    else:
+        torch.manual_seed(1)
+        write(expected)
+        assert torch.equal(tensor, expected)
+    assert waited == [True]
