@@ -21,6 +21,7 @@ from strategies.block_compute import BlockCompute, apply_block_compute
 from strategies.blocks import repeated_blocks
 from strategies.host_copy import host_copier
 from strategies.state_handover import StateHandover, put_back
+from strategies.state_tree import map_leaves
 from strategies.mesh import ParallelDims
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -290,17 +291,13 @@ def apart_from_training(state: dict, model: nn.Module) -> dict:
     only tensors that change in the optimizer step, which waits for that copy."""
     parameters = {_storage_of(p) for p in model.parameters()}
 
-    def apart(value, buffers_too: bool = False):
-        if isinstance(value, dict):
-            return {k: apart(v, buffers_too) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(apart(v, buffers_too) for v in value)
+    def apart(path: tuple, value):
         if isinstance(value, torch.Tensor):
-            is_buffer = buffers_too and _storage_of(value) not in parameters
+            is_buffer = path[0] == "model" and _storage_of(value) not in parameters
             return value.detach().clone() if is_buffer else value
         return deepcopy(value)
 
-    return {key: apart(part, buffers_too=key == "model") for key, part in state.items()}
+    return map_leaves(state, apart)
 
 
 def _storage_of(tensor: torch.Tensor) -> int:

@@ -13,17 +13,17 @@ into a spare buffer (the same kernel, so the same numbers, bit for bit), after w
 the tensor is pointed at that buffer. The buffer the writer had becomes the tensor's
 spare once written: two buffers a tensor, reused, with no page faults after the first.
 What remains is the redirected writes' cost: they go to memory not in cache, a few
-percent of the optimizer step. The next save starts only after the one before it is written, so a spare is never
-taken while the writer still reads it.
+percent of the optimizer step. The next save starts only after the one before it is
+written, so a spare is never taken while the writer still reads it.
 
 Handed over: plain CPU parameters and optimizer-state tensors of at least MIN_BYTES,
 each over a whole storage of its own; the rest is copied. Redirected: the operations
 of torch's optimizers' arithmetic, whose `out=` forms compute the same (_REDIRECTED). Any
 other in-place write in the step into a handed-over tensor (another operation, one on a
 view of it, a foreach or fused kernel, an `out=` into it) first waits until the writer
-has written the save: slower, never wrong. The thread writer is handed the state so; a writer process is given a copy
-made on another thread (checkpoint_process.py), which the next optimizer step waits for
-here too.
+has written the save: slower, never wrong. The thread writer is handed the state so; a
+writer process is given a copy made on another thread (checkpoint_process.py), which the
+next optimizer step waits for here too.
 
 Assumes what PyTorch modules do: the model reads its parameters through the
 parameter objects, not through aliases of them kept aside.
@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
+
+from strategies.state_tree import map_leaves
 
 MIN_BYTES = 64 * 1024  # smaller tensors are copied: a copy costs less than the redirection
 # In-place methods whose torch function of the same name, given the tensor as its first
@@ -82,7 +84,7 @@ class StateHandover:
             handed[path] = value.detach()
             return None
 
-        return _map_leaves(state, leaf), handed
+        return map_leaves(state, leaf), handed
 
     def written_by(self, wait: Callable[[], Any]) -> None:
         """`wait()` returns once the writer has written what `take` handed over."""
@@ -199,7 +201,7 @@ def _written_tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
 
 def put_back(rest: Any, handed: dict[tuple, torch.Tensor]) -> Any:
     """`rest` with the handed-over tensors in their places again (the state `take` split)."""
-    return _map_leaves(rest, lambda path, value: handed.get(path, value))
+    return map_leaves(rest, lambda path, value: handed.get(path, value))
 
 
 def _plain(value: Any) -> bool:
@@ -215,12 +217,3 @@ def _whole(tensor: torch.Tensor) -> bool:
 
 def _address(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
-
-
-def _map_leaves(value: Any, leaf: Callable[[tuple, Any], Any], path: tuple = ()) -> Any:
-    """`value` rebuilt with `leaf(path, item)` applied to everything that is not a dict, list or tuple."""
-    if isinstance(value, dict):
-        return {key: _map_leaves(item, leaf, (*path, key)) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_leaves(item, leaf, (*path, i)) for i, item in enumerate(value))
-    return leaf(path, value)

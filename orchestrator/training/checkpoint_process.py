@@ -47,6 +47,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.training.cpu_priority import run_when_idle
+from strategies.state_tree import map_leaves
 
 READY = "ready"
 PARENT_CHECK_S = 0.5
@@ -115,7 +116,7 @@ class WriterProcess:
 
     def _by_reference(self, state: dict) -> dict:
         """`state` with its tensors in shared memory as SharedViews (other values as they are)."""
-        return _map_leaves(state, self._view)
+        return map_leaves(state, lambda _path, value: self._view(value))
 
     def _view(self, value: Any) -> Any:
         # Plain tensors only: a DTensor carries its mesh, and crosses the pipe whole.
@@ -208,23 +209,14 @@ def _serve(connection, rank: int, world_size: int, host: str, port: int, timeout
 def _resolved(state: dict, buffers: dict[tuple[int, int], torch.UntypedStorage]) -> dict:
     """The state the rank sent, its SharedViews made tensors again (over `buffers`, which
     the views that carry a buffer add to)."""
-    def tensor(value: Any) -> Any:
+    def tensor(_path: tuple, value: Any) -> Any:
         if not isinstance(value, SharedView):
             return value
         if value.storage is not None:
             buffers[value.key] = value.storage
         return torch.empty(0, dtype=value.dtype).set_(buffers[value.key], value.offset, value.shape, value.stride)
 
-    return _map_leaves(state, tensor)
-
-
-def _map_leaves(value: Any, leaf) -> Any:
-    """`value` rebuilt with `leaf` applied to everything in it that is not a dict, list or tuple."""
-    if isinstance(value, dict):
-        return {key: _map_leaves(item, leaf) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_leaves(item, leaf) for item in value)
-    return leaf(value)
+    return map_leaves(state, tensor)
 
 
 def _exit_without(parent: int) -> None:

@@ -2,10 +2,11 @@
 
 A save has two halves. On the training thread every rank takes its state as it is at
 the step (the strategy's `snapshot`) and its RNG streams: that is what the checkpoint
-holds, so training may go on as soon as they are taken. The second half runs in the background (background_save.py): each rank writes
-its files from the copy into the checkpoint's `.partial-` folder (or, for a run on
-object storage, a local staging folder it then uploads), and rank 0 publishes the
-checkpoint (manifest last, rename into place) once every rank's files are written.
+holds, so training may go on as soon as they are taken. The second half runs in the
+background (background_save.py): each rank writes its files from what it took into the
+checkpoint's `.partial-` folder (or, for a run on object storage, a local staging folder
+it then uploads), and rank 0 publishes the checkpoint (manifest last, rename into place)
+once every rank's files are written.
 The state's files are written by the save's thread, which is handed the parameters and
 optimizer state in host memory uncopied (the next optimizer step writes into spare
 buffers: strategies/state_handover.py) and a copy of the rest, or, with
