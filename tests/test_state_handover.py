@@ -125,3 +125,34 @@ def test_writes_without_a_same_out_form_wait_for_the_writer_and_run_as_written(w
         write(expected)
         assert torch.equal(tensor, expected)
     assert waited == [True]
+
+
+def test_a_transformers_model_with_tied_weights_trains_the_same_numbers_with_handovers():
+    """GPT-2 from `transformers` (built from a config): its output layer and token
+    embedding are one parameter, listed twice in its state dict."""
+    transformers = pytest.importorskip("transformers")
+
+    def train(handover: StateHandover | None):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=32)
+        model = transformers.GPT2LMHeadModel(config)
+        optimizer = OPTIMIZERS["adamw"](model.parameters())
+        handed_per_save = []
+        for step in range(4):
+            ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(step))
+            model(input_ids=ids, labels=ids).loss.backward()
+            with handover.first_writes() if handover else contextlib.nullcontext():
+                optimizer.step()
+            optimizer.zero_grad()
+            if handover is not None:
+                live = [*model.parameters(), *optimizer_state_tensors(optimizer)]
+                _, handed = handover.take(_state(model, optimizer), live)
+                handover.written_by(lambda: None)
+                handed_per_save.append(len(handed))
+        assert model.lm_head.weight is model.transformer.wte.weight
+        return [p.detach().clone() for p in model.parameters()], handed_per_save
+
+    plain, _ = train(None)
+    handed_over, handed_per_save = train(StateHandover())
+    assert all(torch.equal(a, b) for a, b in zip(plain, handed_over))
+    assert handed_per_save[0] > 0 and len(set(handed_per_save)) == 1
