@@ -46,7 +46,8 @@ class Copy(enum.Enum):
     # handed over uncopied (state_handover.py), the rest copied into host memory.
     NOW = "now"
     # Copied into shared host memory on a thread while training goes on (a writer process
-    # maps it); the strategy waits for the copy before it next changes its state.
+    # maps it, a thread writer reads it); the strategy waits for the copy before it next
+    # changes its state.
     SHARED = "shared"
 
 # Optimizer state and param-group settings saved per parameter, under its fully-qualified

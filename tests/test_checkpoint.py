@@ -120,7 +120,8 @@ def test_a_killed_worker_resumes_bit_for_bit_under(strategy, workers, prepared, 
 def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, writer: str):
     """Twice: start a background checkpoint, change the weights before its write can run
     (in place, as the next optimizer step does), and keep this rank's weights as they were
-    at the checkpoint's step. A thread writer is handed the weights of 64 KiB uncopied."""
+    at the checkpoint's step. A thread writer is handed the weights of 64 KiB uncopied; a
+    paced one writes in the turns this lends it, then runs on when waited for."""
     import threading
 
     import torch
@@ -133,7 +134,7 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, wr
                       world_size=world_size, device=torch.device("cpu"))
     strategy = build_strategy(w, batch_layout(spec, world_size))
     manager = CheckpointManager(w.run_dir, keep=2, rank=rank, world_size=world_size, background=True,
-                                writer=writer)
+                                writer=writer.removeprefix("paced "), paced_over=2 if "paced" in writer else 0)
     saves = []
     for step in (1, 2):
         held = threading.Event()
@@ -151,13 +152,15 @@ def _save_then_train_on(rank: int, world_size: int, spec, data, run_dir: str, wr
                 parameter.add_(1.0)  # what the next optimizer step would do, before the write
         unpublished = CheckpointManager.list_checkpoints(w.run_dir)
         held.set()
+        for _ in range(2):
+            manager.turn()  # as each step's end does
         saves.append({"at_save": at_save, "unpublished": [p.name for p in unpublished],
                       "written": str(manager.wait())})
     manager.close()
     return saves
 
 
-@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("writer", ["thread", "paced thread", "process"])
 def test_a_background_checkpoint_holds_the_state_of_its_step(writer, prepared, tmp_path):
     """The state is copied at the checkpoint's step: weights changed while the write is
     still to come do not reach it, and nothing is published before every rank wrote."""
@@ -195,15 +198,18 @@ def test_an_error_in_a_background_save_is_raised_at_the_next_wait_and_publishes_
 
 def test_background_and_in_line_saves_write_the_same_checkpoints(prepared, uninterrupted, tmp_path):
     """`checkpoint.async_save: false` writes before the next step; runs whose saves a
-    thread or a writer process writes meanwhile (the process from a copy made while the
-    next step computes) train the same losses and leave the same state in every
-    checkpoint they keep."""
+    thread writes meanwhile (as fast as it goes, or in the turns the steps lend it) or a
+    writer process writes (from a copy made while the next step computes) train the same
+    losses and leave the same state in every checkpoint they keep."""
     spec = make_spec(JOB, checkpoint__async_save=False)
     assert spec.checkpoint.async_save is False and make_spec(JOB).checkpoint.async_save is True
     in_line = train_in_processes(spec, prepared(spec), 2, tmp_path / "in_line")
-    by_process = make_spec(JOB, checkpoint__writer="process")
-    train_in_processes(by_process, prepared(by_process), 2, tmp_path / "process")
-    for background in (uninterrupted, tmp_path / "process"):
+    others = {"process": {"checkpoint__writer": "process"}, "free": {"checkpoint__pace": "free"},
+              "steps": {"checkpoint__pace": "steps"}}
+    for name, change in others.items():
+        other = make_spec(JOB, **change)
+        train_in_processes(other, prepared(other), 2, tmp_path / name)
+    for background in (uninterrupted, *(tmp_path / name for name in others)):
         assert [r["loss"] for r in in_line] == [r["loss"] for r in read_metrics(background)]
         _assert_same_checkpoints(background, tmp_path / "in_line", tmp_path / "converted")
 

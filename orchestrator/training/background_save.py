@@ -11,11 +11,11 @@ as it would had the write failed in line.
 With `background=False` the second half runs in line, at once: the synchronous save.
 
 The thread runs at the scheduler's idle priority where the OS has one (Linux's
-SCHED_IDLE): writing and hashing a checkpoint takes CPU time, and where training keeps
-every core busy (CPU workers) it gets what training leaves. That halves the stall of
-the step that holds a save on a 2-core machine (benchmarks/results/checkpoint_stall_*);
-what remains is the copy and the write's use of memory bandwidth. Whatever waits for
-it (the next save, the end) sleeps, which leaves it the core.
+SCHED_IDLE): writing and hashing a checkpoint takes CPU time, and where a core is free
+it takes that one. Where training keeps every core busy (CPU workers) idle priority is
+not enough (the write still slowed the steps beside it by 20-50 %), and the write runs
+in the turns each step lends it instead (write_pace.py). Whatever waits for it (the
+next save, the end) sleeps, which leaves it the core.
 """
 from __future__ import annotations
 

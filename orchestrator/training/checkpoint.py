@@ -67,7 +67,7 @@ class CheckpointManager:
 
     def __init__(self, run_dir: RunPath, keep: int, rank: int, world_size: int,
                  background: bool = False, timeout: timedelta = timedelta(minutes=30),
-                 writer: str = "thread") -> None:
+                 writer: str = "thread", paced_over: int = 0) -> None:
         self.run_dir = run_path(run_dir)
         self.root = RunFiles(run_dir).checkpoints
         self.keep = keep
@@ -76,7 +76,7 @@ class CheckpointManager:
         self.root.mkdir(parents=True, exist_ok=True)
         self._verdicts: dict[tuple[str, int], str | None] = {}  # (path, manifest mtime) -> problem
         self._fetched: dict[str, Path] = {}  # remote checkpoint -> this rank's verified download
-        self.writes = CheckpointWrites(self.root, rank, background, timeout, writer)
+        self.writes = CheckpointWrites(self.root, rank, background, timeout, writer, paced_over)
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, state: TrainerState, save_strategy: Callable[[Path], None]) -> RunPath:
@@ -98,6 +98,10 @@ class CheckpointManager:
         copy)` takes the strategy's state as it is now. At most one save is in flight."""
         final = self.root / f"{PREFIX}{state.step:08d}"
         self.writes.start(final, state.to_json(), snapshot, self._published)
+
+    def turn(self) -> None:
+        """At the end of each step: lend the save in flight its turn, if it is paced."""
+        self.writes.turn()
 
     def wait(self) -> RunPath | None:
         """Wait for the save in flight: published, on rank 0; written, on the others.

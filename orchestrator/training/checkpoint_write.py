@@ -7,13 +7,17 @@ background (background_save.py): each rank writes its files from what it took in
 checkpoint's `.partial-` folder (or, for a run on object storage, a local staging folder
 it then uploads), and rank 0 publishes the checkpoint (manifest last, rename into place)
 once every rank's files are written.
-The state's files are written by the save's thread, which is handed the parameters and
-optimizer state in host memory uncopied (the next optimizer step writes into spare
-buffers: strategies/state_handover.py) and a copy of the rest, or, with
-`checkpoint.writer: process`, by a writer process of the rank's own (checkpoint_process.py),
-which maps a copy in shared memory that the rank makes while its next step computes.
-Those background writes meet in a gloo group of their own, created for the attempt,
-so their collectives never interleave with the training's.
+The state's files are written by the save's thread or, with `checkpoint.writer:
+process`, by a writer process of the rank's own (checkpoint_process.py). Where training
+takes every core, the thread writes in the turns each step lends it (write_pace.py),
+handed the parameters and optimizer state in host memory uncopied (the next optimizer
+step writes into spare buffers: strategies/state_handover.py) and a copy of the rest.
+Otherwise the thread, like the process, writes from a copy in shared memory that the
+rank makes on a free core while its next step computes. Those background writes meet in
+a gloo group of their own, created for the attempt, so their collectives never
+interleave with the training's. The thread's files are hashed as they are written and
+fsynced by their rank (checkpoint_files.py); rank 0 gathers their entries for the
+manifest and hashes only the rest.
 
 At most one save is in flight; the next one, and whatever ends the attempt, waits for
 it. A rank that fails mid-write leaves the checkpoint unpublished: readers never see
@@ -38,14 +42,17 @@ from orchestrator.run.storage import ObjectPath, RunPath
 from orchestrator.training import checkpoint_transfer, manifest
 from orchestrator.training.background_save import BackgroundSaves
 from orchestrator.training.checkpoint_process import WriterProcess
-from orchestrator.training.collectives import all_reduce, barrier, side_group
+from orchestrator.training.checkpoint_files import paced_writer, tensor_bytes, without_zip_checksums
+from orchestrator.training.collectives import all_gather_object, all_reduce, barrier, side_group
 from orchestrator.training.rng_state import capture_rng
+from orchestrator.training.write_pace import WritePace
 from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
-# How each writer needs the state taken: in line, as it is; a thread, handed over (the
-# rest copied) at once; a process, copied into shared memory meanwhile.
-COPIES = {"in_line": Copy.NONE, "thread": Copy.NOW, "process": Copy.SHARED}
+# How each writer needs the state taken: in line, as it is; a thread in turns, handed
+# over (the rest copied) at once; a free thread and a process, copied meanwhile, on a
+# core training leaves (into shared memory, which a process maps).
+COPIES = {"in_line": Copy.NONE, "thread": Copy.SHARED, "paced thread": Copy.NOW, "process": Copy.SHARED}
 
 # (folder, copy) -> the writer of the strategy's state as it is now (Strategy.snapshot)
 Snapshot = Callable[[Path, Copy], StateWriter]
@@ -58,7 +65,7 @@ class CheckpointWrites:
     `writer`, of a background save: "thread" or "process" (checkpoint_process.py)."""
 
     def __init__(self, root: RunPath, rank: int, background: bool, timeout: timedelta,
-                 writer: str = "thread") -> None:
+                 writer: str = "thread", paced_over: int = 0) -> None:
         self.root = root
         self.rank = rank
         self.timeout = timeout
@@ -69,6 +76,10 @@ class CheckpointWrites:
             self.writer = "thread"
         self.process: WriterProcess | None = None  # the process writer, once started
         self.process_ready = False  # on every rank
+        # The thread's writes, in turns the steps lend it when `paced_over` (write_pace.py)
+        self.pace = WritePace(paced=self.writer == "thread" and paced_over > 0)
+        self.paced_over = paced_over
+        self.written: dict[Path, dict] = {}  # this rank's files of the save in flight, hashed
 
     def prepare(self) -> None:
         """Start the writer processes, if they write the saves (every rank, once the
@@ -80,10 +91,12 @@ class CheckpointWrites:
     def start(self, final: RunPath, trainer_json: str, snapshot: Snapshot, published: Published) -> None:
         """Begin the save of checkpoint `final` (every rank): its state by `snapshot`,
         its trainer.json from rank 0; `published(final, seconds)` on rank 0 once valid."""
-        self.saves.wait()
+        self.wait()
         writer = self._writer_now()
         folder = self._begin(final)
-        write_state = snapshot(folder / "state", COPIES[writer])
+        self.pace.begin(self.paced_over)
+        self.written = {}
+        write_state = snapshot(folder / "state", COPIES["paced thread" if self.pace.paced else writer])
         rng, started = capture_rng(), time.monotonic()
 
         def finish() -> RunPath:
@@ -93,12 +106,11 @@ class CheckpointWrites:
             if self.rank == 0:
                 (folder / "trainer.json").write_text(trainer_json)
             if isinstance(final, ObjectPath):  # the upload's gathers tell rank 0 all are done
-                files = checkpoint_transfer.upload_staged(folder, final, self.rank, self.group)
-            else:
-                files = None
-                barrier(self.group)
+                files, hashed = checkpoint_transfer.upload_staged(folder, final, self.rank, self.group), {}
+            else:  # the gather tells rank 0 all are written
+                files, hashed = None, self._hashed_everywhere(folder)
             if self.rank == 0:
-                make_valid(folder, final, files)
+                make_valid(folder, final, files, hashed)
                 published(final, time.monotonic() - started)
             return final
 
@@ -113,10 +125,30 @@ class CheckpointWrites:
         return "process" if self.process_ready else "thread"
 
     def _save_here(self, state: dict, directory: Path) -> None:
-        """dcp writes `state` here: in line, or on the save's thread."""
+        """dcp writes `state` here: in line, or on the save's thread (in the turns of
+        `pace`), hashing the files on the way."""
         import torch.distributed.checkpoint as dcp
 
-        dcp.save(state, checkpoint_id=str(directory), process_group=self.group)
+        self.pace.expect(tensor_bytes(state))
+        storage, files = paced_writer(directory, self.pace)
+        with self.pace.writes(), without_zip_checksums():
+            dcp.save(state, storage_writer=storage, process_group=self.group)
+        files.sync()
+        self.written = files.written
+
+    def _hashed_everywhere(self, folder: Path) -> dict[str, dict]:
+        """Every rank's files of this save in `folder` that were hashed as written, named
+        relative to it (every rank)."""
+        mine, self.written = self.written, {}
+        hashed = {}
+        for table in all_gather_object({path.relative_to(folder).as_posix(): entry
+                                        for path, entry in mine.items()}, self.group):
+            hashed.update(table)
+        return hashed
+
+    def turn(self) -> None:
+        """Lend a paced write in flight its turn (every step; write_pace.py)."""
+        self.pace.turn()
 
     def _save_in_process(self, state: dict, directory: Path) -> None:
         """This rank's writer process writes `state` (started here, on the save's thread,
@@ -129,6 +161,7 @@ class CheckpointWrites:
         """End the writer process, if one was started (at the end of the attempt). A save
         still in flight is given up: the attempt failed, and its checkpoint is never
         published."""
+        self.pace.release()
         if self.process is not None:
             self.process.close(wait_s=0.0 if self.saves.busy() else 5.0)
             self.process = None
@@ -139,6 +172,7 @@ class CheckpointWrites:
         Raises:
             Exception: what writing it raised.
         """
+        self.pace.release()
         return self.saves.wait()
 
     def _begin(self, final: RunPath) -> Path:
@@ -155,14 +189,15 @@ class CheckpointWrites:
         return partial
 
 
-def make_valid(folder: Path, final: RunPath, uploaded: dict | None) -> None:
+def make_valid(folder: Path, final: RunPath, uploaded: dict | None, hashed: dict) -> None:
     """Publish checkpoint `final` from what every rank wrote: on object storage the
-    manifest of the `uploaded` files; locally the manifest of `folder`, which is then
+    manifest of the `uploaded` files; locally the manifest of `folder` (its files'
+    entries from `hashed` where the ranks hashed them as written), which is then
     renamed into place."""
     if uploaded is not None:
         manifest.publish(final, uploaded)
         return
-    manifest.write_manifest(folder)  # fsyncs every file and folder first
+    manifest.write_manifest(folder, hashed)  # fsyncs every file and folder first
     shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step replaces it
     os.replace(folder, final)
     manifest.fsync_path(final.parent)

@@ -33,8 +33,10 @@ class WorkerContext:
 
 
 def configure_runtime(spec: JobSpec, threads: int) -> None:
-    """Thread count, malloc and determinism for this worker process; once per process."""
+    """Thread count, subnormal floats, malloc and determinism for this worker process; once
+    per process."""
     torch.set_num_threads(max(1, threads))
+    torch.set_flush_denormal(spec.train.flush_denormal)
     if not spec.scaling.use_gpu:  # where the step's tensors live in host memory
         keep_freed_memory()
     if spec.train.deterministic:

@@ -8,6 +8,7 @@ Exercised by: orchestrator launch examples/quickstart.yaml
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,7 +70,7 @@ def train(w: WorkerContext) -> str:
     checkpoints = CheckpointManager(w.run_dir, w.spec.checkpoint.keep, w.rank, w.world_size,
                                     background=w.spec.checkpoint.async_save,
                                     timeout=timedelta(seconds=w.spec.failure.collective_timeout_s),
-                                    writer=w.spec.checkpoint.writer)
+                                    writer=w.spec.checkpoint.writer, paced_over=paced_over(w))
     metrics = MetricsLog(w.run_dir, enabled=w.rank == 0)
     try:
         return _train(w, usage, checkpoints, metrics)
@@ -239,6 +240,7 @@ def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
     ends the attempt, if any.
     A checkpoint is written in the background; whatever ends the attempt waits for it."""
     w, layout = attempt.w, attempt.layout
+    attempt.checkpoints.turn()  # a paced write in flight goes on, in this step's time
     last = step == w.spec.train.steps
     at_boundary = _due(step, w.spec.checkpoint.every_steps) or last
     now = directive in (Directive.STOP, Directive.EVACUATE)  # not at the next boundary: now
@@ -259,6 +261,19 @@ def checkpoint_and_direct(attempt: Attempt, step: int, directive: Directive,
         attempt.events.write("resize_boundary", step=step, world_size=w.world_size)
         return Outcome.RESIZE
     return None
+
+
+def paced_over(w: WorkerContext) -> int:
+    """Over how many steps a background checkpoint write is paced (write_pace.py): within
+    three quarters of the steps between checkpoints, when `checkpoint.pace` is steps or
+    is auto and this node's workers train on every core; else 0, as fast as it goes. Auto
+    takes the ranks on this node to be all of them: on a CPU cluster of several nodes it
+    paces writes that a free core could have taken, which only publishes them later."""
+    every, pace = w.spec.checkpoint.every_steps, w.spec.checkpoint.pace
+    if pace == "auto":
+        every_core = torch.get_num_threads() * w.world_size >= (os.cpu_count() or 1)
+        pace = "steps" if w.device.type == "cpu" and every_core else "free"
+    return max(1, 3 * every // 4) if pace == "steps" and every > 0 else 0
 
 
 def export_weights(attempt: Attempt, step: int) -> None:

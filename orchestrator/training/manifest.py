@@ -23,13 +23,21 @@ MANIFEST = "manifest.json"
 DERIVED = ("state/zero_universal/", "state/.zero_universal.partial/")
 
 
-def write_manifest(directory: Path) -> None:
-    """fsync every file and folder of `directory`, then write its manifest durably."""
+def write_manifest(directory: Path, hashed: dict[str, dict[str, Any]] | None = None) -> None:
+    """fsync every file and folder of `directory`, then write its manifest durably.
+    `hashed`: entries of files their writers hashed as they wrote and fsynced (by name
+    in `directory`), taken as they are where the file still has their size."""
+    hashed = hashed or {}
     files = {}
     for path in sorted(directory.rglob("*")):
-        if path.is_file() and path.relative_to(directory).as_posix() != MANIFEST:
+        name = path.relative_to(directory).as_posix()
+        if path.is_file() and name != MANIFEST:
+            known = hashed.get(name)
+            if known is not None and known["size"] == path.stat().st_size:
+                files[name] = known
+                continue
             fsync_path(path)
-            files[path.relative_to(directory).as_posix()] = entry(path)
+            files[name] = entry(path)
         elif path.is_dir():
             fsync_path(path)
     fsync_path(directory)
