@@ -13,7 +13,7 @@ import torch
 from orchestrator.training import manifest
 from orchestrator.training.checkpoint_files import paced_writer, tensor_bytes, without_zip_checksums
 from orchestrator.training.safe_pickle import find_unsafe
-from orchestrator.training.write_pace import MIN_TURN_BYTES, WritePace
+from orchestrator.training.write_pace import MIN_TURN_BYTES, WriteAbandoned, WritePace
 
 MB = 1 << 20
 
@@ -78,6 +78,38 @@ def test_a_released_write_runs_on_without_turns():
     pace.release()  # what waiting for the save does
     writer.join(5)
     assert writer.written == 64 * MB and not writer.is_alive()
+
+
+def test_an_abandoned_write_stops_at_its_next_turn():
+    """An attempt that ends without waiting for its save abandons it: a writer that
+    outlived its attempt must never go on to publish a checkpoint."""
+    pace = WritePace(paced=True)
+    pace.begin(turns=100)
+    pace.expect(64 * MB)
+    errors = []
+
+    def write():
+        try:
+            _Writer.run(writer)
+        except WriteAbandoned as error:
+            errors.append(error)
+
+    writer = _Writer(pace, 64 * MB, piece=MB)
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not pace._asking and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pace.turn()
+    pace.abandon()
+    thread.join(5)
+    assert not thread.is_alive() and len(errors) == 1 and writer.written < 64 * MB
+
+    unpaced = WritePace(paced=False)  # a free writer is stopped the same way
+    unpaced.begin(turns=1)
+    unpaced.abandon()
+    with pytest.raises(WriteAbandoned):
+        unpaced.allowance(MB)
 
 
 def test_an_unpaced_write_never_waits():

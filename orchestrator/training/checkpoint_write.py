@@ -45,7 +45,7 @@ from orchestrator.training.checkpoint_process import WriterProcess
 from orchestrator.training.checkpoint_files import paced_writer, tensor_bytes, without_zip_checksums
 from orchestrator.training.collectives import all_gather_object, all_reduce, barrier, side_group
 from orchestrator.training.rng_state import capture_rng
-from orchestrator.training.write_pace import WritePace
+from orchestrator.training.write_pace import WriteAbandoned, WritePace
 from strategies.base import Copy, StateWriter
 
 PARTIAL = ".partial-"
@@ -78,6 +78,7 @@ class CheckpointWrites:
         self.process_ready = False  # on every rank
         # The thread's writes, in turns the steps lend it when `paced_over` (write_pace.py)
         self.pace = WritePace(paced=self.writer == "thread" and paced_over > 0)
+        self.distributed = dist.is_initialized()
         self.paced_over = paced_over
         self.written: dict[Path, dict] = {}  # this rank's files of the save in flight, hashed
 
@@ -100,6 +101,7 @@ class CheckpointWrites:
         rng, started = capture_rng(), time.monotonic()
 
         def finish() -> RunPath:
+            self._check_attempt()
             write_state(self._save_in_process if writer == "process" else self._save_here)
             (folder / "rng").mkdir(exist_ok=True)
             torch.save(rng, folder / "rng" / f"rank_{self.rank}.pt")
@@ -109,6 +111,7 @@ class CheckpointWrites:
                 files, hashed = checkpoint_transfer.upload_staged(folder, final, self.rank, self.group), {}
             else:  # the gather tells rank 0 all are written
                 files, hashed = None, self._hashed_everywhere(folder)
+            self._check_attempt()
             if self.rank == 0:
                 make_valid(folder, final, files, hashed)
                 published(final, time.monotonic() - started)
@@ -150,6 +153,13 @@ class CheckpointWrites:
         """Lend a paced write in flight its turn (every step; write_pace.py)."""
         self.pace.turn()
 
+    def _check_attempt(self) -> None:
+        """Raise if the attempt this save belongs to has ended (its process group gone): a
+        write that outlived it would take itself for a single process, and rank 0 would
+        publish its share alone as the whole checkpoint."""
+        if self.distributed and not dist.is_initialized():
+            raise WriteAbandoned("the attempt ended before this checkpoint was written")
+
     def _save_in_process(self, state: dict, directory: Path) -> None:
         """This rank's writer process writes `state` (started here, on the save's thread,
         when no `prepare` started it)."""
@@ -161,7 +171,7 @@ class CheckpointWrites:
         """End the writer process, if one was started (at the end of the attempt). A save
         still in flight is given up: the attempt failed, and its checkpoint is never
         published."""
-        self.pace.release()
+        self.pace.abandon()
         if self.process is not None:
             self.process.close(wait_s=0.0 if self.saves.busy() else 5.0)
             self.process = None

@@ -12,8 +12,10 @@ The budget is sized to finish the write well before the next save is due.
 Where a core is free (accelerator workers, or threads left to spare) the write is not
 paced: it runs beside training at idle priority, on that core.
 
-Whatever waits for the write (the next save, the end of the attempt) `release`s it, so
-it runs on unpaced: nothing waits on a turn that will not come.
+Whatever waits for the write (the next save, the end of the run, a stop) `release`s it,
+so it runs on unpaced: nothing waits on a turn that will not come. An attempt that ends
+without waiting (it failed) `abandon`s it instead: the write stops at its next turn, and
+its checkpoint is never published by a writer that outlived its attempt.
 
 Exercised by: pytest tests/test_write_pace.py tests/test_checkpoint.py -k background
 """
@@ -26,6 +28,11 @@ from typing import Iterator
 # How long a step waits for the writer to take its turn at most: a writer that does not
 # come back (a stalled file system) must not stall training with it.
 TURN_TIMEOUT_S = 2.0
+
+
+class WriteAbandoned(RuntimeError):
+    """Raised in a paced write whose attempt ended without waiting for it."""
+
 MIN_TURN_BYTES = 1 << 20  # below this a turn's handover costs more than its bytes
 
 
@@ -36,6 +43,7 @@ class WritePace:
         self.paced = paced
         self._changed = threading.Condition()
         self._released = True
+        self._abandoned = False
         self._turns = 1
         self._turn_bytes = MIN_TURN_BYTES
         self._budget = 0  # bytes the writer may write before it asks for the next turn
@@ -47,7 +55,7 @@ class WritePace:
     def begin(self, turns: int) -> None:
         """Pace the next write (when paced) to end within about `turns` turns."""
         with self._changed:
-            self._released = not self.paced
+            self._released, self._abandoned = not self.paced, False
             self._turns = max(1, turns)
             self._turn_bytes = MIN_TURN_BYTES
 
@@ -60,6 +68,12 @@ class WritePace:
         """Let the write run on unpaced (whatever waits for it calls this)."""
         with self._changed:
             self._released = True
+            self._changed.notify_all()
+
+    def abandon(self) -> None:
+        """Stop the write at its next turn (the attempt ended without waiting for it)."""
+        with self._changed:
+            self._abandoned = self._released = True
             self._changed.notify_all()
 
     def turn(self) -> None:
@@ -94,7 +108,11 @@ class WritePace:
 
     def allowance(self, wanted: int) -> int:
         """How many of `wanted` bytes the writer may write now: waits for a turn when
-        this one's budget is spent (all of them once released)."""
+        this one's budget is spent (all of them once released).
+
+        Raises:
+            WriteAbandoned: the attempt ended without waiting for the write.
+        """
         with self._changed:
             if self._budget == 0:
                 self._ask()
@@ -106,9 +124,13 @@ class WritePace:
 
     def _ask(self) -> None:
         """Wait for the next turn (the lock held)."""
+        if self._abandoned:
+            raise WriteAbandoned("the attempt ended before this checkpoint was written")
         if self._released:
             return
         self._asking = True
         self._changed.notify_all()
         self._changed.wait_for(lambda: self._released or self._granted)
         self._asking = self._granted = False
+        if self._abandoned:
+            raise WriteAbandoned("the attempt ended before this checkpoint was written")
