@@ -210,15 +210,15 @@ class Strategy:
         """Bytes of parameters, gradients and optimizer state this rank holds; gradients
         as they stood in the last step before it released them."""
         return {
-            "params": sum(_local_bytes(p) for p in self.model.parameters()),
+            "params": sum(local_bytes(p) for p in self.model.parameters()),
             "grads": self._grad_bytes_at_step,
-            "optimizer": sum(_local_bytes(v) for v in optimizer_state_tensors(self.optimizer)),
+            "optimizer": sum(local_bytes(v) for v in optimizer_state_tensors(self.optimizer)),
         }
 
 
 def gradient_bytes(model: nn.Module) -> int:
     """Bytes of the gradients `model`'s parameters hold on this rank now."""
-    return sum(_local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
+    return sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
 
 
 def gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -233,7 +233,7 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterator[torch.
         yield from (v for v in state.values() if isinstance(v, torch.Tensor))
 
 
-def _local_bytes(tensor: torch.Tensor) -> int:
+def local_bytes(tensor: torch.Tensor) -> int:
     """Bytes this rank really stores: a DTensor counts only its local shard."""
     local = _local(tensor)
     return local.numel() * local.element_size()
@@ -313,11 +313,11 @@ def replicated_share(model_state: dict, optim_state: dict, rank: int, ranks: int
     metadata is the union of what the ranks wrote, so any layout loads it whole."""
     tensors = [(key, name, value) for key, part in (("model", model_state), ("optim", optim_state))
                for name, value in part.items() if isinstance(value, torch.Tensor)]
-    tensors.sort(key=lambda item: (-_local_bytes(item[2]), item[0], item[1]))
+    tensors.sort(key=lambda item: (-local_bytes(item[2]), item[0], item[1]))
     load, others = [0] * ranks, set()
     for key, name, value in tensors:
         owner = min(range(ranks), key=lambda r: (load[r], r))
-        load[owner] += _local_bytes(value)
+        load[owner] += local_bytes(value)
         if owner != rank:
             others.add((key, name))
     return ({n: v for n, v in model_state.items() if ("model", n) not in others},

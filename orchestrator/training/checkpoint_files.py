@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
 
 from orchestrator.training import manifest
 from orchestrator.training.write_pace import WritePace
+from strategies.base import local_bytes
 from strategies.state_tree import map_leaves
 
 
@@ -47,8 +48,7 @@ def tensor_bytes(state: dict) -> int:
     def count(path: tuple, value):
         nonlocal total
         if isinstance(value, torch.Tensor):
-            local = value.to_local() if hasattr(value, "to_local") else value
-            total += local.numel() * local.element_size()
+            total += local_bytes(value)
         return value
 
     map_leaves(state, count)
@@ -93,7 +93,6 @@ class PacedFiles(FileSystem):
             manifest.fsync_path(path)
         for folder in {path.parent for path in self.written}:
             manifest.fsync_path(folder)
-
 
 
 class _PacedStream(io.RawIOBase):
